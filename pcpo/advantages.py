@@ -1,0 +1,93 @@
+"""Advantages: DDPO's per-prompt running tracker and GRPO's group normalisation."""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+ADVANTAGE_SCHEMES = ("per_prompt", "group")
+
+
+def _std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    if x.numel() < 2:
+        return torch.zeros((), dtype=x.dtype)
+    return x.std(unbiased=unbiased)
+
+
+class PerPromptStatTracker:
+    """Normalise rewards per prompt with a running buffer of that prompt's rewards.
+
+    Until a prompt has ``min_count`` rewards in its buffer, the batch's mean and
+    std are used instead (DDPO's fallback).  ``buffer_size`` caps each buffer.
+    """
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, eps: float = 1e-6, unbiased: bool = False):
+        if buffer_size < 1 or min_count < 1:
+            raise ValueError("buffer_size and min_count must be >= 1")
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.eps = eps
+        self.unbiased = unbiased
+        self.buffers: dict[str, deque] = {}
+
+    def update(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        r = rewards.detach().to(torch.float64).cpu().reshape(-1)
+        if len(prompts) != r.numel():
+            raise ValueError(f"{len(prompts)} prompts for {r.numel()} rewards")
+        adv = torch.empty_like(r)
+        batch_mean, batch_std = r.mean(), _std(r, self.unbiased)
+        order: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            order.setdefault(p, []).append(i)
+        for p, idx in order.items():
+            buf = self.buffers.setdefault(p, deque(maxlen=self.buffer_size))
+            buf.extend(float(r[i]) for i in idx)
+            if len(buf) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                hist = torch.tensor(list(buf), dtype=torch.float64)
+                mean, std = hist.mean(), _std(hist, self.unbiased)
+            adv[idx] = (r[idx] - mean) / (std + self.eps)
+        return adv.to(torch.float32)
+
+    def stats(self) -> dict:
+        return {"prompts": len(self.buffers), "mean_buffer": (sum(len(b) for b in self.buffers.values()) / max(1, len(self.buffers)))}
+
+    def state_dict(self) -> dict:
+        return {"buffers": {p: list(b) for p, b in self.buffers.items()},
+                "buffer_size": self.buffer_size, "min_count": self.min_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {p: deque(v, maxlen=self.buffer_size) for p, v in state["buffers"].items()}
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    eps: float = 1e-8,
+    global_std: bool = False,
+    unbiased: bool = True,
+) -> torch.Tensor:
+    """(r - mean_G) / (std_G + eps) over each group G of samples (GRPO).
+
+    ``global_std=True`` divides by the std of the whole batch instead.  A group
+    of equal rewards gives zeros.
+    """
+    r = rewards.detach().to(torch.float64).cpu().reshape(-1)
+    g = group_ids.cpu().reshape(-1)
+    if g.numel() != r.numel():
+        raise ValueError(f"{g.numel()} group ids for {r.numel()} rewards")
+    adv = torch.empty_like(r)
+    gstd = _std(r, unbiased)
+    for gid in torch.unique(g):
+        m = g == gid
+        x = r[m]
+        std = gstd if global_std else _std(x, unbiased)
+        adv[m] = (x - x.mean()) / (std + eps)
+    return adv.to(torch.float32)
+
+
+def clip_advantages(adv: torch.Tensor, max_abs: float | None) -> torch.Tensor:
+    if max_abs is None or max_abs <= 0:
+        return adv
+    return adv.clamp(-max_abs, max_abs)

@@ -1,0 +1,182 @@
+"""Sampling grids: the time points of a sampler and everything per step.
+
+A :class:`SamplerGrid` holds, for each of its T steps, the model time ``t``
+handed to the network, the schedule quantities of the step, its std and its
+mean-sensitivity ``coef`` (so ``coef / std`` is the native credit weight).
+Values are kept in float64; :meth:`SamplerGrid.step` applies the matching step
+function to a batch in which every sample can be at a different step index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pcpo.models.base import ScheduleSpec
+from pcpo.rollout.steps import StepOutput, ddim_coef, ddim_step, ddim_variance, flow_coef_and_std, flow_step
+
+SAMPLERS = ("ddim", "flow-dance", "flow-grpo")
+
+
+@dataclass
+class SamplerGrid:
+    sampler: str
+    timesteps: torch.Tensor  # (T,) model time: int timesteps (ddim) or s in [0, 1] (flow)
+    next_timesteps: torch.Tensor  # (T,) t' (ddim, may be < 0: final alpha) or s_next (flow)
+    std: torch.Tensor  # (T,) float64
+    coef: torch.Tensor  # (T,) float64
+    # ddim
+    alpha_prod: torch.Tensor | None = None
+    alpha_prod_next: torch.Tensor | None = None
+    # flow
+    noise_level: float = 0.0
+    s_max: float | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    def family(self) -> str:
+        return "ddim" if self.sampler == "ddim" else "flow"
+
+    @property
+    def flow_form(self) -> str:
+        return {"flow-dance": "dance", "flow-grpo": "grpo"}[self.sampler]
+
+    @property
+    def native_weight(self) -> torch.Tensor:
+        """w(t) = C(t) / sigma_t, the sensitivity of the step's log-prob (METHOD.md section 2)."""
+        safe = torch.where(self.std > 0, self.std, torch.ones_like(self.std))
+        return torch.where(self.std > 0, self.coef / safe, torch.full_like(self.std, float("inf")))
+
+    @property
+    def deterministic(self) -> bool:
+        return bool((self.std == 0).all())
+
+    def model_time(self, idx: torch.Tensor) -> torch.Tensor:
+        """Network time input for step indices ``idx`` (B,)."""
+        return self.timesteps[idx.cpu()]
+
+    def step(
+        self,
+        idx: torch.Tensor,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        prev_sample: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> StepOutput:
+        """Apply step ``idx[b]`` to sample ``b`` for every b (idx: LongTensor (B,))."""
+        idx = idx.cpu()
+        dev = sample.device
+        if self.sampler == "ddim":
+            return ddim_step(
+                model_output, sample,
+                self.alpha_prod[idx].to(dev), self.alpha_prod_next[idx].to(dev), self.std[idx].to(dev),
+                prev_sample=prev_sample, noise=noise, generator=generator, reduction=reduction,
+            )
+        return flow_step(
+            model_output, sample,
+            self.timesteps[idx].to(device=dev, dtype=torch.float64), self.next_timesteps[idx].to(device=dev, dtype=torch.float64),
+            self.noise_level, form=self.flow_form, s_max=self.s_max,
+            prev_sample=prev_sample, noise=noise, generator=generator, reduction=reduction,
+        )
+
+
+# ---------------------------------------------------------------------------
+# DDIM
+# ---------------------------------------------------------------------------
+
+def ddim_timesteps(spec: ScheduleSpec, steps: int) -> torch.Tensor:
+    """Inference timesteps of diffusers' DDIMScheduler for each spacing mode."""
+    n = spec.num_train_timesteps
+    if steps < 1 or steps > n:
+        raise ValueError(f"steps must be in [1, {n}], got {steps}")
+    if spec.timestep_spacing == "leading":
+        ratio = n // steps
+        ts = (torch.arange(0, steps, dtype=torch.float64) * ratio).round().flip(0).long() + spec.steps_offset
+    elif spec.timestep_spacing == "trailing":
+        ratio = n / steps
+        ts = torch.round(torch.arange(n, 0, -ratio, dtype=torch.float64)).long() - 1
+    elif spec.timestep_spacing == "linspace":
+        ts = torch.linspace(0, n - 1, steps, dtype=torch.float64).round().flip(0).long()
+    else:
+        raise ValueError(f"timestep_spacing must be leading, trailing or linspace, got {spec.timestep_spacing!r}")
+    return ts
+
+
+def ddim_grid(spec: ScheduleSpec, steps: int, eta: float = 1.0, sigma: torch.Tensor | None = None) -> SamplerGrid:
+    """DDIM grid with std ``eta * sqrt(variance)``, or an explicit per-step ``sigma`` (T,)."""
+    if spec.alphas_cumprod is None:
+        raise ValueError("a ddim grid needs the model schedule's alphas_cumprod")
+    ac = spec.alphas_cumprod.to(torch.float64)
+    final = torch.tensor(float(spec.final_alpha_cumprod if spec.final_alpha_cumprod is not None else 1.0), dtype=torch.float64)
+    ts = ddim_timesteps(spec, steps)
+    prev = ts - spec.num_train_timesteps // steps
+    a_t = ac[ts]
+    a_p = torch.where(prev >= 0, ac[prev.clamp_min(0)], final)
+    if sigma is None:
+        std = float(eta) * ddim_variance(a_t, a_p).sqrt()
+    else:
+        std = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if std.shape[0] != steps:
+            raise ValueError(f"sigma schedule has {std.shape[0]} entries for {steps} steps")
+        if (std**2 > 1 - a_p + 1e-12).any():
+            raise ValueError("sigma schedule exceeds sqrt(1 - alpha_prod_prev) at some step")
+    coef = ddim_coef(a_t, a_p, std)
+    return SamplerGrid("ddim", ts, prev, std, coef, alpha_prod=a_t, alpha_prod_next=a_p,
+                       info={"eta": None if sigma is not None else float(eta)})
+
+
+# ---------------------------------------------------------------------------
+# Flow matching
+# ---------------------------------------------------------------------------
+
+def shift_times(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """s <- k s / (1 + (k - 1) s)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """s_0 = 1 > s_1 > ... > s_N = 0, linearly spaced then shifted (N + 1 points)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return shift_times(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+
+
+def flow_grid(steps: int, noise_level: float, form: str = "dance", shift: float = 1.0) -> SamplerGrid:
+    s_all = flow_times(steps, shift)
+    s, s_next = s_all[:-1], s_all[1:]
+    s_max = float(s_all[1]) if steps > 1 else 0.5
+    coef, std, _ = flow_coef_and_std(s, s_next, float(noise_level), form, s_max)
+    sampler = {"dance": "flow-dance", "grpo": "flow-grpo"}[form]
+    return SamplerGrid(sampler, s, s_next, std, coef, noise_level=float(noise_level), s_max=s_max,
+                       info={"shift": float(shift)})
+
+
+def make_grid(
+    spec: ScheduleSpec,
+    sampler: str,
+    steps: int,
+    eta: float = 1.0,
+    noise_level: float = 0.7,
+    sigma: torch.Tensor | None = None,
+    shift: float | None = None,
+) -> SamplerGrid:
+    """Build a sampler grid for a model's schedule.
+
+    ``sampler``: ``ddim`` (uses ``eta`` or explicit ``sigma``), ``flow-dance``
+    or ``flow-grpo`` (use ``noise_level`` and the model's shift unless given).
+    """
+    if sampler == "ddim":
+        if spec.family != "ddim":
+            raise ValueError(f"sampler 'ddim' needs an epsilon (ddim-family) model, got a {spec.family} model")
+        return ddim_grid(spec, steps, eta=eta, sigma=sigma)
+    if sampler in ("flow-dance", "flow-grpo"):
+        if spec.family != "flow":
+            raise ValueError(f"sampler {sampler!r} needs a velocity (flow-family) model, got a {spec.family} model")
+        return flow_grid(steps, noise_level, form=sampler.split("-")[1], shift=spec.shift if shift is None else shift)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
