@@ -41,7 +41,8 @@ def _credit(args) -> int:
             raise UserError(f"--scheduler: only 'sd15' is built in for the ddim sampler, got {args.scheduler!r}")
         spec = sd15_schedule()
         plan = plan_credit(spec, "ddim", args.steps, eta=args.eta, proportional=True,
-                           w_star=args.w_star, sigma_root=args.sigma_root)
+                           w_star=args.w_star if args.w_star == "auto" else float(args.w_star),
+                           sigma_root=args.sigma_root)
     else:
         spec = ScheduleSpec(family="flow", shift=args.shift)
         plan = plan_credit(spec, args.sampler, args.steps, noise_level=args.noise_level, proportional=True)
@@ -96,7 +97,7 @@ def add_parser(sub) -> None:
     p.add_argument("--eta", type=float, default=1.0, help="ddim: DDIM eta")
     p.add_argument("--noise-level", type=float, default=0.7, help="flow: eta (DanceGRPO) or a (Flow-GRPO)")
     p.add_argument("--shift", type=float, default=1.0, help="flow: time-grid shift k")
-    p.add_argument("--w-star", type=float, default=4.5, help="ddim PCPO: the reshaped sampler's constant w*")
+    p.add_argument("--w-star", default="4.5", help="ddim PCPO: the reshaped sampler's constant w* (a number or auto)")
     p.add_argument("--sigma-root", default="paper", choices=["paper", "exact"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw native vs PCPO weights per step")

@@ -1,6 +1,261 @@
-"""Typed, validated configuration (filled in by the trainer)."""
+"""Typed, validated training configuration.
+
+A YAML experiment file may hold more than the trainer reads (the workflow's
+matrix, pretraining settings ...); the trainer reads the sections below and
+rejects anything it does not know inside them, naming the field:
+
+    model:     {kind, path, dtype}
+    reward:    {name, options}
+    prompts:   {source, options}
+    sampling:  {steps, guidance_scale, eta, noise_level, batch_size}
+    train:     {epochs, prompts_per_epoch, group_size, train_batch_size, ...}
+    lora:      {enabled, rank, alpha}
+    pcpo:      {w_star, sigma_root}
+
+An ``algorithms:`` mapping may override framework fields per algorithm name,
+e.g. ``algorithms: {dancegrpo: {timestep_fraction: 0.5}}``.
+"""
 from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny-eps"
+    path: str = "results/tiny/base/eps"
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (log-probs are always float32)
+    gradient_checkpointing: bool = False
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class RewardConfig:
+    name: str = "digit_alignment"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class PromptConfig:
+    source: str = "tiny"  # tiny | file | list
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 20
+    guidance_scale: float | None = None  # None: the model's default
+    eta: float | None = None  # None: the framework's
+    noise_level: float | None = None  # None: the framework's
+    batch_size: int = 32  # rollout micro-batch
+    reduction: str = "mean"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    rank: int = 4
+    alpha: float = 4.0
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = False
+    decay: float = 0.9
+
+
+@dataclass
+class PcpoConfig:
+    w_star: float | str = "auto"  # a number, or auto: 4.5 where feasible (see pcpo.credit.resolve_w_star)
+    sigma_root: str = "paper"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    prompts_per_epoch: int = 8  # groups per epoch
+    group_size: int = 4  # images per prompt (G)
+    train_batch_size: int = 8  # samples per micro-batch in the update phase
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    inner_epochs: int = 1  # K passes over one epoch's rollouts
+    timestep_fraction: float | None = None  # None: the framework's
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = None  # None: the framework's
+    clip_range: float | None = None
+    adv_clip: float | None = None
+    kl_beta: float | None = None
+    kl_reference: str = "auto"  # auto (LoRA disabled, else frozen copy) | copy
+    checkpoint_every: int = 2
+    logratio_tolerance: float = 1e-4
+    tensorboard: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainingConfig:
+    experiment: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    pcpo: PcpoConfig = field(default_factory=PcpoConfig)
+    algorithms: dict = field(default_factory=dict)
+
+
+#: top-level keys of an experiment file that belong to other tools
+FOREIGN_SECTIONS = {"pretrain", "matrix", "evaluation", "report", "workflow", "slurm", "base_models", "paper"}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            if type(None) in typing.get_args(tp):
+                return None
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}"
+                          f"{' or null' if type(None) in typing.get_args(tp) else ''}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            return value
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            if not where and key in FOREIGN_SECTIONS:
+                continue
+            raise ConfigError(f"{path}: unknown field; known fields{' of ' + where if where else ''}: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainingConfig:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file {str(p)!r}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config: {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config: {p} must hold a mapping at the top level")
+    if overrides:
+        data = deep_merge(data, overrides)
+    cfg = from_dict(TrainingConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(cfg: TrainingConfig) -> None:
+    """Range and batch-arithmetic checks (types were checked while loading)."""
+    t, s = cfg.train, cfg.sampling
+
+    def positive(name: str, v):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{name}: must be > 0, got {v}")
+
+    for name in ("epochs", "prompts_per_epoch", "group_size", "train_batch_size", "gradient_accumulation",
+                 "inner_epochs", "checkpoint_every"):
+        positive(f"train.{name}", getattr(t, name))
+    positive("train.lr", t.lr)
+    positive("sampling.steps", s.steps)
+    positive("sampling.batch_size", s.batch_size)
+    if t.timestep_fraction is not None and not 0 < t.timestep_fraction <= 1:
+        raise ConfigError(f"train.timestep_fraction: must be in (0, 1], got {t.timestep_fraction}")
+    if s.reduction not in ("mean", "sum"):
+        raise ConfigError(f"sampling.reduction: must be 'mean' or 'sum', got {s.reduction!r}")
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype: must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if t.kl_reference not in ("auto", "copy"):
+        raise ConfigError(f"train.kl_reference: must be 'auto' or 'copy', got {t.kl_reference!r}")
+    if cfg.pcpo.sigma_root not in ("paper", "exact"):
+        raise ConfigError(f"pcpo.sigma_root: must be 'paper' or 'exact', got {cfg.pcpo.sigma_root!r}")
+    if len(t.adam_betas) != 2:
+        raise ConfigError(f"train.adam_betas: expected two numbers, got {t.adam_betas!r}")
+    samples = t.prompts_per_epoch * t.group_size
+    per_step = t.train_batch_size * t.gradient_accumulation
+    if samples % per_step != 0:
+        raise ConfigError(
+            f"train.train_batch_size: {t.prompts_per_epoch} prompts x {t.group_size} images = {samples} samples per "
+            f"epoch is not a multiple of train_batch_size x gradient_accumulation = {per_step}; "
+            "change train.train_batch_size, train.gradient_accumulation or train.prompts_per_epoch"
+        )
+    if cfg.lora.enabled:
+        positive("lora.rank", cfg.lora.rank)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

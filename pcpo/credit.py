@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pcpo.config import ConfigError
 from pcpo.models.base import ScheduleSpec
 from pcpo.rollout.grid import SamplerGrid, ddim_grid, make_grid
 
@@ -61,12 +62,35 @@ def ddim_pcpo_sigma(
     c1 = (1 - alpha_prod).sqrt() / (alpha_prod / alpha_prod_next).sqrt()
     disc = (1 + w_star**2) * (1 - alpha_prod_next) - c1**2
     if (disc < 0).any():
-        raise ValueError(f"pcpo.w_star = {w_star} is too small for this schedule (no real sigma~ at some step); increase it")
+        lo = ddim_min_w_star(alpha_prod, alpha_prod_next)
+        raise ConfigError(f"pcpo.w_star = {w_star} is too small for this schedule: sigma~ has no real value unless "
+                         f"w* >= {lo:.4f}; set pcpo.w_star to a larger number or to 'auto'")
     if root == "paper":
         return (w_star * c1 + disc.sqrt()) / (1 + w_star**2)
     if root == "exact":
         return (w_star * c1 - disc.sqrt()) / (1 + w_star**2)
-    raise ValueError(f"pcpo.sigma_root must be 'paper' or 'exact', got {root!r}")
+    raise ConfigError(f"pcpo.sigma_root must be 'paper' or 'exact', got {root!r}")
+
+
+def ddim_min_w_star(alpha_prod: torch.Tensor, alpha_prod_next: torch.Tensor) -> float:
+    """Smallest w* for which sigma~ is real at every step: max_t sqrt(c1^2 / (1 - a') - 1)."""
+    c1 = (1 - alpha_prod).sqrt() / (alpha_prod / alpha_prod_next).sqrt()
+    return float(((c1**2 / (1 - alpha_prod_next)) - 1).clamp_min(0).sqrt().max())
+
+
+#: the reference config's margin over the feasibility bound (SD1.5, 50 steps: 4.5 / 3.2748)
+AUTO_W_STAR_MARGIN = 1.374
+
+
+def resolve_w_star(w_star, alpha_prod: torch.Tensor, alpha_prod_next: torch.Tensor) -> float:
+    """A number, or ``"auto"``: 4.5 where it keeps the reference margin over the
+    feasibility bound, else the bound times that margin (coarse grids need more)."""
+    if w_star == "auto":
+        return max(DEFAULT_W_STAR, AUTO_W_STAR_MARGIN * ddim_min_w_star(alpha_prod, alpha_prod_next))
+    try:
+        return float(w_star)
+    except (TypeError, ValueError):
+        raise ConfigError(f"pcpo.w_star must be a number or 'auto', got {w_star!r}") from None
 
 
 @dataclass
@@ -97,7 +121,7 @@ def plan_credit(
     noise_level: float = 0.7,
     shift: float | None = None,
     proportional: bool = False,
-    w_star: float = DEFAULT_W_STAR,
+    w_star: float | str = DEFAULT_W_STAR,
     sigma_root: str = "paper",
 ) -> CreditPlan:
     native_grid = make_grid(spec, sampler, steps, eta=eta, noise_level=noise_level, shift=shift)
@@ -105,6 +129,7 @@ def plan_credit(
     if not proportional:
         return CreditPlan(native_grid, native_grid, native, native.clone(), False)
     if sampler == "ddim":
+        w_star = resolve_w_star(w_star, native_grid.alpha_prod, native_grid.alpha_prod_next)
         sigma = ddim_pcpo_sigma(native_grid.alpha_prod, native_grid.alpha_prod_next, w_star, sigma_root)
         grid = ddim_grid(spec, steps, sigma=sigma)
         grid.info.update({"pcpo_w_star": float(w_star), "pcpo_sigma_root": sigma_root})

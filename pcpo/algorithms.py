@@ -1,0 +1,155 @@
+"""The Algorithm contract, the registry, baseline discovery, and PCPO as a transform.
+
+A *framework* (DDPO, DanceGRPO, Flow-GRPO, or any module dropped into
+``baselines/``) is a :class:`Framework`: which sampler and noise level it uses
+per model family, how it computes advantages, its per-step objective, which
+timesteps it trains, and its defaults.  Registering one is a call to
+:func:`register_framework` at import time of a module in ``baselines/``; every
+module there is imported automatically.
+
+PCPO is a transform, not one more copy: for every registered framework ``X``
+
+* ``pcpo-X``: log-hinge objective in matching form + proportional credit
+  (reshaped sigma~ for DDIM, zeta*ds for flow); everything else as ``X``;
+* ``pcpo-base-X``: the log-hinge objective alone (native credit), for ablation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+
+from pcpo.advantages import ADVANTAGE_SCHEMES
+from pcpo.objectives import FORMS, OBJECTIVES
+from pcpo.registry import Registry
+from pcpo.rollout.grid import SAMPLERS
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    description: str
+    #: sampler per model family: {"ddim": "ddim", "flow": "flow-dance"}; a family
+    #: missing here means the framework does not support that kind of model
+    samplers: dict
+    #: DDIM eta (ddim family)
+    eta: float = 1.0
+    #: flow-SDE noise level (eta for DanceGRPO form, a for Flow-GRPO form)
+    noise_level: float = 0.7
+    #: "per_prompt" (running tracker) or "group" (GRPO)
+    advantage: str = "group"
+    advantage_options: dict = field(default_factory=dict)
+    #: absolute advantage clip (0 or None: none)
+    adv_clip: float | None = 5.0
+    objective: str = "ppo_clip"
+    objective_form: str = "ratio"
+    clip_range: float = 1e-4
+    #: fraction of each trajectory's steps trained, drawn at random per sample
+    timestep_fraction: float = 1.0
+    #: whether the G images of one prompt share their initial noise
+    share_initial_noise: bool = False
+    #: KL penalty to the reference model (closed form on the step means)
+    kl_beta: float = 0.0
+    #: PCPO's proportional credit
+    proportional: bool = False
+    #: name of the framework this one was derived from (PCPO transform)
+    base: str | None = None
+    #: training defaults a config may override (e.g. {"max_grad_norm": 1.0})
+    defaults: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.samplers:
+            raise ValueError(f"framework {self.name!r}: samplers must name at least one model family")
+        for fam, s in self.samplers.items():
+            if fam not in ("ddim", "flow") or s not in SAMPLERS:
+                raise ValueError(f"framework {self.name!r}: bad sampler entry {fam!r}: {s!r}")
+        if self.advantage not in ADVANTAGE_SCHEMES:
+            raise ValueError(f"framework {self.name!r}: advantage must be one of {ADVANTAGE_SCHEMES}")
+        if self.objective not in OBJECTIVES or self.objective_form not in FORMS:
+            raise ValueError(f"framework {self.name!r}: bad objective {self.objective!r}/{self.objective_form!r}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(f"framework {self.name!r}: timestep_fraction must be in (0, 1]")
+
+    def sampler_for(self, family: str) -> str:
+        if family not in self.samplers:
+            raise ValueError(
+                f"algorithm {self.name!r} does not support {family!r} models (it supports: {', '.join(self.samplers)})"
+            )
+        return self.samplers[family]
+
+    def summary(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+
+FRAMEWORKS: Registry[Framework] = Registry("algorithm")
+_discovered = False
+
+
+def register_framework(fw: Framework) -> Framework:
+    """Register a framework (called at import time by a module in ``baselines/``)."""
+    if fw.name.startswith("pcpo-"):
+        raise ValueError("names starting with 'pcpo-' are reserved for the PCPO transform")
+    FRAMEWORKS.register(fw.name, fw, overwrite=True)
+    return fw
+
+
+def discover(reload: bool = False) -> None:
+    """Import every module of the ``baselines`` package (each registers itself)."""
+    global _discovered
+    if _discovered and not reload:
+        return
+    import baselines
+
+    importlib.invalidate_caches()
+    for info in pkgutil.iter_modules(baselines.__path__):
+        if info.name.startswith("_"):
+            continue
+        modname = f"baselines.{info.name}"
+        if modname in sys.modules and reload:
+            importlib.reload(sys.modules[modname])
+        else:
+            importlib.import_module(modname)
+    _discovered = True
+
+
+def pcpo_transform(fw: Framework, proportional: bool = True) -> Framework:
+    """PCPO applied to a framework: log-hinge in matching form (+ proportional credit)."""
+    prefix = "pcpo-" if proportional else "pcpo-base-"
+    what = "log-hinge objective + proportional credit" if proportional else "log-hinge objective, native credit"
+    return dataclasses.replace(
+        fw,
+        name=prefix + fw.name,
+        description=f"PCPO on {fw.name}: {what}",
+        objective="log_hinge",
+        objective_form="matching",
+        proportional=proportional,
+        base=fw.name,
+    )
+
+
+def get_algorithm(name: str, field_name: str = "algorithm") -> Framework:
+    """Resolve ``X``, ``pcpo-X`` or ``pcpo-base-X``."""
+    discover()
+    if name.startswith("pcpo-base-"):
+        return pcpo_transform(_get(name[len("pcpo-base-"):], name, field_name), proportional=False)
+    if name.startswith("pcpo-"):
+        return pcpo_transform(_get(name[len("pcpo-"):], name, field_name), proportional=True)
+    return _get(name, name, field_name)
+
+
+def _get(base: str, full: str, field_name: str) -> Framework:
+    if base not in FRAMEWORKS:
+        raise KeyError(f"{field_name}: unknown algorithm {full!r}; available: {', '.join(algorithm_names())}")
+    return FRAMEWORKS.get(base)
+
+
+def algorithm_names() -> list[str]:
+    """Every runnable name: each framework and its two PCPO variants."""
+    discover()
+    out = []
+    for n in FRAMEWORKS.names():
+        out += [n, f"pcpo-{n}", f"pcpo-base-{n}"]
+    return out

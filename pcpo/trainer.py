@@ -1,0 +1,558 @@
+"""The one training loop, algorithm-agnostic.
+
+Per epoch: pick prompts -> roll out G images per prompt (CFG, shared initial
+noise where the framework wants it) -> rewards -> advantages -> K inner epochs
+over shuffled samples x (a fraction of) timesteps, gradients accumulated over
+samples x timesteps, grad-norm clipping, AdamW -> log -> checkpoint.
+
+The algorithm only enters through its :class:`~pcpo.algorithms.Framework`
+(sampler, advantages, objective, trained steps) and the :class:`CreditPlan`
+(per-step weights, and for PCPO-DDIM the reshaped sampler).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from pcpo import checkpoint as ck
+from pcpo.advantages import PerPromptStatTracker, clip_advantages, group_advantages
+from pcpo.algorithms import Framework, get_algorithm
+from pcpo.config import ConfigError, TrainingConfig, config_to_dict
+from pcpo.credit import CreditPlan, plan_credit
+from pcpo.models import load_model
+from pcpo.objectives import Objective, approx_kl, gaussian_mean_kl
+from pcpo.prompts import get_prompts
+from pcpo.rewards import get_reward
+from pcpo.rollout import Trajectory, rollout
+from pcpo.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("pcpo.train")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (disagreeing rollout, non-finite loss ...)."""
+
+
+def resolve_framework(cfg: TrainingConfig, name: str) -> Framework:
+    fw = get_algorithm(name)
+    fields = {f.name for f in dataclasses.fields(Framework)} - {"name", "base", "description"}
+    for key in ([fw.base] if fw.base else []) + [name]:
+        over = cfg.algorithms.get(key) or {}
+        if not isinstance(over, dict):
+            raise ConfigError(f"algorithms.{key}: expected a mapping of framework fields")
+        bad = sorted(set(over) - fields)
+        if bad:
+            raise ConfigError(f"algorithms.{key}.{bad[0]}: unknown framework field; known: {', '.join(sorted(fields))}")
+        fw = dataclasses.replace(fw, **over)
+    return fw
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """Everything the loop needs, after merging framework defaults and config."""
+
+    sampler: str
+    eta: float
+    noise_level: float
+    timestep_fraction: float
+    clip_range: float
+    adv_clip: float | None
+    kl_beta: float
+    max_grad_norm: float | None
+    guidance_scale: float
+
+    @classmethod
+    def build(cls, cfg: TrainingConfig, fw: Framework, family: str, default_guidance: float) -> "RunSettings":
+        t, s = cfg.train, cfg.sampling
+
+        def pick(v, d):
+            return d if v is None else v
+
+        return cls(
+            sampler=fw.sampler_for(family),
+            eta=pick(s.eta, fw.eta),
+            noise_level=pick(s.noise_level, fw.noise_level),
+            timestep_fraction=pick(t.timestep_fraction, fw.timestep_fraction),
+            clip_range=pick(t.clip_range, fw.clip_range),
+            adv_clip=pick(t.adv_clip, fw.adv_clip),
+            kl_beta=pick(t.kl_beta, fw.kl_beta),
+            max_grad_norm=pick(t.max_grad_norm, fw.defaults.get("max_grad_norm")),
+            guidance_scale=pick(s.guidance_scale, default_guidance),
+        )
+
+
+class Trainer:
+    def __init__(self, cfg: TrainingConfig, algorithm: str, seed: int, out_dir: str | Path, progress: bool = True):
+        self.cfg = cfg
+        self.name = algorithm
+        self.seed = int(seed)
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.fw = resolve_framework(cfg, algorithm)
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        dev = cfg.train.device
+        cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=cpu)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        if cfg.train.prompts_per_epoch % self.world:
+            raise ConfigError(f"train.prompts_per_epoch: {cfg.train.prompts_per_epoch} groups cannot be split "
+                              f"evenly over {self.world} processes (each rank must see whole groups)")
+        torch.manual_seed(self.seed)  # LoRA init
+
+        self.model = load_model(cfg.model.kind, cfg.model.path, **cfg.model.options)
+        mdtype = DTYPES[cfg.model.dtype]
+        self.model.to(self.acc.device, mdtype)
+        den = self.model.denoiser
+        den.requires_grad_(False)
+        self.lora = cfg.lora.enabled
+        if self.lora:
+            ck.add_lora(den, cfg.lora.rank, cfg.lora.alpha, self.model.lora_target_modules)
+        else:
+            den.requires_grad_(True)
+        for p in den.parameters():  # trainable weights in float32 even for a bf16 model
+            if p.requires_grad:
+                p.data = p.data.float()
+        if cfg.model.gradient_checkpointing and hasattr(den, "enable_gradient_checkpointing"):
+            den.enable_gradient_checkpointing()
+        self.params = [p for p in den.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("lora: no trainable parameters (check the model adapter's lora_target_modules)")
+
+        self.st = RunSettings.build(cfg, self.fw, self.model.family, self.model.default_guidance_scale)
+        self.ref_model = None
+        if self.st.kl_beta > 0 and (not self.lora or cfg.train.kl_reference == "copy"):
+            self.ref_model = copy.deepcopy(den).requires_grad_(False)
+
+        t = cfg.train
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
+                                     weight_decay=t.weight_decay)
+        den, self.opt = self.acc.prepare(den, self.opt)
+        self.model.denoiser = den
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema.enabled else None
+
+        self.plan: CreditPlan = plan_credit(
+            self.model.schedule(), self.st.sampler, cfg.sampling.steps, eta=self.st.eta,
+            noise_level=self.st.noise_level, proportional=self.fw.proportional,
+            w_star=cfg.pcpo.w_star, sigma_root=cfg.pcpo.sigma_root,
+        )
+        self.grid = self.plan.sample_grid
+        self.objective = Objective(self.fw.objective, self.fw.objective_form, self.st.clip_range)
+        self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.options)
+        self.prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
+        if not self.prompts:
+            raise ConfigError("prompts: the prompt source returned no prompts")
+        self.tracker = (PerPromptStatTracker(**self.fw.advantage_options)
+                        if self.fw.advantage == "per_prompt" else None)
+        base = self.seed * 1_000_003 + 17
+        self.gen_prompt = torch.Generator().manual_seed(base)
+        self.gen_rollout = torch.Generator().manual_seed(base + 1 + self.rank)
+        self.gen_train = torch.Generator().manual_seed(base + 1000 + self.rank)
+        self.rows: list[dict] = []
+        self.audit: list[dict] = []
+        self.start_epoch = 0
+        self.tb = None
+
+    # -------------------------------------------------------------- arithmetic
+    def batch_arithmetic(self) -> dict:
+        t = self.cfg.train
+        T = self.grid.num_steps
+        K = self.trained_steps()
+        samples = t.prompts_per_epoch * t.group_size
+        micro_per_inner = samples // (t.train_batch_size * self.world)
+        opt_steps = micro_per_inner // t.gradient_accumulation
+        return {
+            "samples_per_epoch": samples, "groups": t.prompts_per_epoch, "group_size": t.group_size,
+            "processes": self.world, "sampler_steps": T, "trained_steps_per_sample": K,
+            "micro_batch": t.train_batch_size, "gradient_accumulation": t.gradient_accumulation,
+            "optimizer_steps_per_epoch": opt_steps * t.inner_epochs, "inner_epochs": t.inner_epochs,
+            "forward_backward_sample_steps_per_epoch": samples * K * t.inner_epochs,
+        }
+
+    def trained_steps(self) -> int:
+        return max(1, int(self.grid.num_steps * self.st.timestep_fraction))
+
+    def describe(self) -> str:
+        a = self.batch_arithmetic()
+        return (f"{self.name} on {self.cfg.model.kind} ({self.st.sampler}, credit "
+                f"{'proportional' if self.fw.proportional else 'native'}, {self.fw.objective}/{self.fw.objective_form}); "
+                f"batch: {a['groups']} prompts x {a['group_size']} images = {a['samples_per_epoch']} samples/epoch"
+                f"{' over ' + str(a['processes']) + ' processes' if a['processes'] > 1 else ''}; "
+                f"{a['sampler_steps']} sampler steps, {a['trained_steps_per_sample']} trained per sample; "
+                f"micro-batch {a['micro_batch']} x accumulation {a['gradient_accumulation']} -> "
+                f"{a['optimizer_steps_per_epoch']} optimizer steps/epoch ({a['inner_epochs']} inner epochs); "
+                f"{a['forward_backward_sample_steps_per_epoch']} sample-step forward/backward passes per epoch")
+
+    # ------------------------------------------------------------------ resume
+    def _state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "optimizer": self.opt.state_dict(),
+            "gen_prompt": self.gen_prompt.get_state(), "gen_rollout": self.gen_rollout.get_state(),
+            "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
+            "tracker": self.tracker.state_dict() if self.tracker else None,
+            "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
+        }
+
+    def _meta(self, epoch: int) -> dict:
+        return {
+            "algorithm": self.name, "seed": self.seed, "epoch": epoch, "experiment": self.cfg.experiment,
+            "model": {"kind": self.cfg.model.kind, "path": self.cfg.model.path, "options": self.cfg.model.options},
+            "lora": dataclasses.asdict(self.cfg.lora), "ema": self.cfg.ema.enabled,
+            "sampler": self.st.sampler, "sampling_steps": self.cfg.sampling.steps,
+            "guidance_scale": self.st.guidance_scale, "eta": self.st.eta, "noise_level": self.st.noise_level,
+            "framework": self.fw.summary(),
+        }
+
+    def save(self, epoch: int) -> Path:
+        den = self.acc.unwrap_model(self.model.denoiser)
+        trainable = ck.trainable_state(den, self.lora)
+        ema = None
+        if self.ema is not None:
+            names = [n for n, p in den.named_parameters() if p.requires_grad]
+            full = dict(zip(names, self.ema))
+            ema = {k: full.get(k, v) for k, v in trainable.items()} if not self.lora else self._ema_lora(den)
+        path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, self._state(epoch), ema)
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def _ema_lora(self, den) -> dict:
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+        sd = {k: v.clone() for k, v in ck.trainable_state(den, True).items()}
+        with torch.no_grad():
+            for p, b in zip(self.params, backup):
+                p.copy_(b)
+        return sd
+
+    def try_resume(self) -> bool:
+        last = ck.latest_checkpoint(self.out)
+        if last is None:
+            return False
+        meta = ck.read_meta(last)
+        if meta["algorithm"] != self.name or meta["seed"] != self.seed:
+            raise ConfigError(f"--out: {self.out} holds a run of {meta['algorithm']} seed {meta['seed']}; "
+                              "use another output folder")
+        den = self.acc.unwrap_model(self.model.denoiser)
+        ck.apply_trainable(den, ck.load_trainable(last), self.lora)
+        st = torch.load(last / "state.pt", weights_only=False)
+        self.opt.load_state_dict(st["optimizer"])
+        self.gen_prompt.set_state(st["gen_prompt"])
+        self.gen_rollout.set_state(st["gen_rollout"])
+        self.gen_train.set_state(st["gen_train"])
+        torch.set_rng_state(st["torch_rng"])
+        if self.tracker and st["tracker"]:
+            self.tracker.load_state_dict(st["tracker"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema = [e.to(self.acc.device) for e in st["ema"]]
+        self.start_epoch = st["epoch"] + 1
+        self.rows = [r for r in _read_csv(self.out / "metrics.csv") if int(r["epoch"]) <= st["epoch"]]
+        self.audit = [r for r in _read_csv(self.out / "credit_audit.csv") if int(r["epoch"]) <= st["epoch"]]
+        log.info("resuming from %s (next epoch %d)", last, self.start_epoch)
+        return True
+
+    # -------------------------------------------------------------------- loop
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()
+        if self.acc.is_main_process:
+            atomic_write_json(self.out / "config.json", {
+                "algorithm": self.name, "seed": self.seed, "config": config_to_dict(self.cfg),
+                "framework": self.fw.summary(), "settings": dataclasses.asdict(self.st),
+                "batch_arithmetic": self.batch_arithmetic(),
+                "credit": {"native": self.plan.native.tolist(), "train_weight": self.plan.train_weight.tolist(),
+                           "grid_weight": self.plan.grid_weight.tolist(), "sigma": self.grid.std.tolist(),
+                           "timesteps": self.grid.timesteps.tolist()},
+            })
+        print(self.describe(), flush=True)
+        if self.cfg.train.tensorboard and self.acc.is_main_process:
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        fault = os.environ.get("PCPO_FAULT_AFTER_EPOCH")
+        epochs = self.cfg.train.epochs
+        if self.start_epoch >= epochs:
+            log.info("run already complete (%d epochs)", epochs)
+            return self.out
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(self.start_epoch, epochs), desc=f"{self.name} s{self.seed}", initial=self.start_epoch,
+                   total=epochs, disable=not self.progress or not self.acc.is_main_process)
+        for epoch in bar:
+            row, audit = self.epoch(epoch)
+            self.rows.append(row)
+            self.audit.extend(audit)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", clip=f"{row['clipfrac']:.2f}")
+            if self.acc.is_main_process:
+                self._write_logs(row)
+                last = epoch == epochs - 1
+                if (epoch + 1) % self.cfg.train.checkpoint_every == 0 or last:
+                    self.save(epoch)
+            if fault is not None and int(fault) == epoch:
+                log.warning("PCPO_FAULT_AFTER_EPOCH=%s: killing this process to simulate a crash", fault)
+                os.kill(os.getpid(), signal.SIGKILL)
+        if self.acc.is_main_process:
+            atomic_write_text(self.out / "DONE", json.dumps({"epochs": epochs}) + "\n")
+        return self.out
+
+    def _write_logs(self, row: dict) -> None:
+        _write_csv(self.out / "metrics.csv", self.rows)
+        _write_csv(self.out / "credit_audit.csv", self.audit)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+
+    # ------------------------------------------------------------------ epoch
+    def sample_prompts(self) -> tuple[list[str], list[dict], torch.Tensor]:
+        t = self.cfg.train
+        idx = torch.randint(len(self.prompts), (t.prompts_per_epoch,), generator=self.gen_prompt)
+        per_rank = t.prompts_per_epoch // self.world
+        mine = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+        prompts, meta, gids = [], [], []
+        for gi, i in enumerate(mine.tolist()):
+            p, m = self.prompts[i]
+            for _ in range(t.group_size):
+                prompts.append(p)
+                meta.append(dict(m))
+                gids.append(self.rank * per_rank + gi)
+        return prompts, meta, torch.tensor(gids)
+
+    def advantages(self, traj: Trajectory) -> torch.Tensor:
+        rewards = traj.rewards
+        prompts = traj.prompts
+        gids = traj.group_ids
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()
+            gids = self.acc.gather(gids.to(self.acc.device)).cpu()
+            prompts = gather_object(prompts)
+        if self.tracker is not None:
+            adv = self.tracker.update(prompts, rewards)
+        else:
+            adv = group_advantages(rewards, gids, **self.fw.advantage_options)
+        adv = clip_advantages(adv, self.st.adv_clip)
+        if self.world > 1:
+            n = traj.batch_size
+            adv = adv[self.rank * n:(self.rank + 1) * n]
+        return adv
+
+    def epoch(self, epoch: int) -> tuple[dict, list[dict]]:
+        t0 = time.perf_counter()
+        prompts, meta, gids = self.sample_prompts()
+        self.model.denoiser.eval()
+        traj = rollout(self.model, prompts, self.grid, self.st.guidance_scale, self.gen_rollout, meta, gids,
+                       share_initial_noise=self.fw.share_initial_noise, batch_size=self.cfg.sampling.batch_size,
+                       reduction=self.cfg.sampling.reduction)
+        t1 = time.perf_counter()
+        rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
+        traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
+        all_rewards = self.acc.gather(traj.rewards.to(self.acc.device)).cpu() if self.world > 1 else traj.rewards
+        t2 = time.perf_counter()
+        traj.advantages = self.advantages(traj)
+        stats = self.update(traj, epoch)
+        t3 = time.perf_counter()
+        row = {
+            "epoch": epoch, "samples": int(all_rewards.numel()),
+            "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std(unbiased=False)),
+            "reward_min": float(all_rewards.min()), "reward_max": float(all_rewards.max()),
+            "adv_abs_mean": float(traj.advantages.abs().mean()),
+            **stats["scalars"],
+            "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_train": t3 - t2, "time_epoch": t3 - t0,
+        }
+        for k, v in (info or {}).items():
+            if isinstance(v, (int, float)):
+                row[f"reward_info_{k}"] = float(v)
+            elif isinstance(v, torch.Tensor) and v.numel() == traj.batch_size:
+                row[f"reward_info_{k}"] = float(v.float().mean())
+        audit = []
+        for i in range(self.grid.num_steps):
+            audit.append({"epoch": epoch, "step": i, "timestep": float(self.grid.timesteps[i]),
+                          "native_weight": float(self.plan.native[i]), "train_weight": float(self.plan.train_weight[i]),
+                          "clipfrac": stats["clip_by_step"][i], "grad_share": stats["grad_share"][i],
+                          "count": stats["count_by_step"][i]})
+        return row, audit
+
+    # ------------------------------------------------------------------ update
+    def _ref_prediction(self, x, tt, cond, uncond):
+        if self.ref_model is not None:
+            live = self.model.denoiser
+            self.model.denoiser = self.ref_model
+            try:
+                return self.model.predict_guided(x, tt, cond, uncond, self.st.guidance_scale)
+            finally:
+                self.model.denoiser = live
+        den = self.acc.unwrap_model(self.model.denoiser)
+        den.disable_adapters()
+        try:
+            return self.model.predict_guided(x, tt, cond, uncond, self.st.guidance_scale)
+        finally:
+            den.enable_adapters()
+
+    def update(self, traj: Trajectory, epoch: int) -> dict:
+        cfg = self.cfg.train
+        dev = self.acc.device
+        mdtype = DTYPES[self.cfg.model.dtype]
+        B, T = traj.batch_size, traj.num_steps
+        K = self.trained_steps()
+        tw = self.plan.train_weight.float()
+        gw = self.plan.grid_weight.float()
+        accum = cfg.gradient_accumulation
+        scale = 1.0 / (K * accum)
+        den = self.model.denoiser
+        den.train()
+        clip_n = torch.zeros(T)
+        cnt = torch.zeros(T)
+        gshare = torch.zeros(T, dtype=torch.float64)
+        losses, kls, akls, gnorms = [], [], [], []
+        first_max = 0.0
+        opt_steps = 0
+        for inner in range(cfg.inner_epochs):
+            perm = torch.randperm(B, generator=self.gen_train)
+            tsel = torch.stack([torch.randperm(T, generator=self.gen_train)[:K] for _ in range(B)])
+            micro = [perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)]
+            for mi, rows in enumerate(micro):
+                cond = {k: v[rows].to(dev) for k, v in traj.cond.items()}
+                uncond = {k: v[rows].to(dev) for k, v in traj.uncond.items()} if traj.uncond is not None else None
+                adv = traj.advantages[rows].to(dev)
+                sync = (mi + 1) % accum == 0 or mi == len(micro) - 1
+                ctx = contextlib.nullcontext() if sync else self.acc.no_sync(den)
+                with ctx:
+                    for j in range(K):
+                        idx = tsel[rows, j]
+                        x = traj.states[rows, idx].to(dev)
+                        x_next = traj.states[rows, idx + 1].to(dev)
+                        tt = self.grid.model_time(idx).to(dev)
+                        pred = self.model.predict_guided(x.to(mdtype), tt, cond, uncond, self.st.guidance_scale)
+                        pred.retain_grad()
+                        out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=self.cfg.sampling.reduction)
+                        lr_ = self.objective.log_ratio(
+                            step_weight=tw[idx].to(dev), grid_weight=gw[idx].to(dev),
+                            new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
+                            delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev),
+                            reduction=self.cfg.sampling.reduction)
+                        if inner == 0 and opt_steps == 0:
+                            m = float(lr_.detach().abs().max())
+                            first_max = max(first_max, m)
+                            if m > cfg.logratio_tolerance:
+                                raise TrainingError(
+                                    f"epoch {epoch}: |log ratio| = {m:.3e} at the first inner step (tolerance "
+                                    f"{cfg.logratio_tolerance:g}): the rollout and the training forward pass disagree "
+                                    "(model in a different mode, non-deterministic layers, or a wrong stored state)")
+                        per, inactive = self.objective.loss(lr_, adv)
+                        loss = per.mean()
+                        if self.st.kl_beta > 0:
+                            with torch.no_grad():
+                                ref_pred = self._ref_prediction(x.to(mdtype), tt, cond, uncond)
+                                ref_mean = self.grid.step(idx, ref_pred, x, prev_sample=x_next).mean
+                            kl = gaussian_mean_kl(out.mean, ref_mean, out.std, self.cfg.sampling.reduction).mean()
+                            loss = loss + self.st.kl_beta * kl
+                            kls.append(float(kl.detach()))
+                        if not torch.isfinite(loss):
+                            last = ck.latest_checkpoint(self.out)
+                            raise TrainingError(f"epoch {epoch}: non-finite loss ({float(loss)}); the last good "
+                                                f"checkpoint is {last or 'none (no checkpoint yet)'}")
+                        self.acc.backward(loss * scale)
+                        with torch.no_grad():
+                            gnorm = pred.grad.float().flatten(1).norm(dim=1).double().cpu() if pred.grad is not None \
+                                else torch.zeros(len(rows), dtype=torch.float64)
+                            gshare.index_add_(0, idx, gnorm)
+                            clip_n.index_add_(0, idx, inactive.float().cpu())
+                            cnt.index_add_(0, idx, torch.ones(len(rows)))
+                        losses.append(float(loss.detach()))
+                        akls.append(float(approx_kl(lr_)))
+                if sync:
+                    gn = self.acc.clip_grad_norm_(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
+                        else _grad_norm(self.params)
+                    gnorms.append(float(gn))
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                    opt_steps += 1
+                    if self.ema is not None:
+                        d = self.cfg.ema.decay
+                        with torch.no_grad():
+                            for e, p in zip(self.ema, self.params):
+                                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        total = float(gshare.sum()) or 1.0
+        scalars = {
+            "loss": _mean(losses), "clipfrac": float(clip_n.sum() / cnt.sum().clamp_min(1)),
+            "approx_kl": _mean(akls), "kl": _mean(kls) if kls else 0.0, "grad_norm": _mean(gnorms),
+            "logratio_first_max": first_max, "optimizer_steps": opt_steps, "lr": self.opt.param_groups[0]["lr"],
+        }
+        return {
+            "scalars": scalars,
+            "clip_by_step": (clip_n / cnt.clamp_min(1)).tolist(),
+            "grad_share": (gshare / total).tolist(),
+            "count_by_step": cnt.tolist(),
+        }
+
+
+def _grad_norm(params) -> torch.Tensor:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
+def _mean(xs) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        out = []
+        for r in csv.DictReader(f):
+            out.append({k: _parse(v) for k, v in r.items()})
+        return out
+
+
+def _parse(v: str):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+__all__ = ["Trainer", "TrainingError", "resolve_framework", "RunSettings"]
