@@ -120,7 +120,7 @@ class Trainer:
 
         self.model = load_model(cfg.model.kind, cfg.model.path, **cfg.model.options)
         mdtype = DTYPES[cfg.model.dtype]
-        self.model.to(self.acc.device, mdtype)
+        self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
         den = self.model.denoiser
         den.requires_grad_(False)
         self.lora = cfg.lora.enabled
@@ -210,6 +210,9 @@ class Trainer:
             "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
             "tracker": self.tracker.state_dict() if self.tracker else None,
             "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
+            # the logs up to this epoch travel with the checkpoint: a workflow manager may delete
+            # an interrupted job's metrics.csv before rerunning it
+            "rows": list(self.rows), "audit": list(self.audit),
         }
 
     def _meta(self, epoch: int) -> dict:
@@ -266,8 +269,8 @@ class Trainer:
         if self.ema is not None and st["ema"] is not None:
             self.ema = [e.to(self.acc.device) for e in st["ema"]]
         self.start_epoch = st["epoch"] + 1
-        self.rows = [r for r in _read_csv(self.out / "metrics.csv") if int(r["epoch"]) <= st["epoch"]]
-        self.audit = [r for r in _read_csv(self.out / "credit_audit.csv") if int(r["epoch"]) <= st["epoch"]]
+        self.rows = [r for r in st["rows"] if int(r["epoch"]) <= st["epoch"]]
+        self.audit = [r for r in st["audit"] if int(r["epoch"]) <= st["epoch"]]
         log.info("resuming from %s (next epoch %d)", last, self.start_epoch)
         return True
 
@@ -472,7 +475,7 @@ class Trainer:
                             kls.append(float(kl.detach()))
                         if not torch.isfinite(loss):
                             last = ck.latest_checkpoint(self.out)
-                            raise TrainingError(f"epoch {epoch}: non-finite loss ({float(loss)}); the last good "
+                            raise TrainingError(f"epoch {epoch}: non-finite loss ({float(loss.detach())}); the last good "
                                                 f"checkpoint is {last or 'none (no checkpoint yet)'}")
                         self.acc.backward(loss * scale)
                         with torch.no_grad():
@@ -532,27 +535,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     for r in rows:
         w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_text(path, buf.getvalue())
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        out = []
-        for r in csv.DictReader(f):
-            out.append({k: _parse(v) for k, v in r.items()})
-        return out
-
-
-def _parse(v: str):
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
 
 
 __all__ = ["Trainer", "TrainingError", "resolve_framework", "RunSettings"]
