@@ -1,0 +1,125 @@
+"""Collapse analysis: epochs to a target reward, quality and diversity at matched
+reward, with bootstrap confidence intervals across seeds.
+
+All functions take tidy pandas frames:
+
+* training curves: one row per (run, epoch) with ``reward_mean`` and ``clipfrac``;
+* evaluation points: one row per (run, checkpoint) with the evaluated reward
+  and quality metrics (``fid``, ``kid``, ``diversity`` ...).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+RUN_KEYS = ["model", "reward", "algorithm", "seed"]
+GROUP_KEYS = ["model", "reward", "algorithm"]
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and percentile bootstrap CI of the mean over seeds (NaNs dropped)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), float(v[0]), float(v[0])
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def epochs_to_target(epochs, rewards, target: float, smooth: int = 1) -> float:
+    """First epoch (1-based count of epochs trained) whose reward reaches ``target``;
+    ``inf`` if it never does.  ``smooth`` > 1 uses a trailing moving average."""
+    e = np.asarray(epochs, dtype=float)
+    r = pd.Series(np.asarray(rewards, dtype=float)).rolling(max(1, smooth), min_periods=1).mean().to_numpy()
+    hit = np.nonzero(r >= target)[0]
+    return float(e[hit[0]] + 1) if hit.size else math.inf
+
+
+def epochs_to_target_table(curves: pd.DataFrame, targets: dict, smooth: int = 1) -> pd.DataFrame:
+    """Per run and per algorithm: epochs to each reward's target, mean and CI over seeds.
+
+    Runs that never reach the target count as the number of epochs they trained
+    plus one (a lower bound) and are reported in ``censored``.
+    """
+    rows = []
+    for keys, g in curves.groupby(GROUP_KEYS):
+        model, reward, alg = keys
+        if reward not in targets:
+            continue
+        tgt = float(targets[reward])
+        per_seed, censored = [], 0
+        for _, s in g.groupby("seed"):
+            s = s.sort_values("epoch")
+            e = epochs_to_target(s["epoch"], s["reward_mean"], tgt, smooth)
+            if not np.isfinite(e):
+                censored += 1
+                e = float(s["epoch"].max() + 2)
+            per_seed.append(e)
+        mean, lo, hi = bootstrap_ci(per_seed)
+        rows.append({"model": model, "reward": reward, "algorithm": alg, "target": tgt, "seeds": len(per_seed),
+                     "epochs_mean": mean, "ci_low": lo, "ci_high": hi, "censored": censored,
+                     "per_seed": " ".join(f"{x:g}" for x in per_seed)})
+    return pd.DataFrame(rows)
+
+
+def interpolate_at_reward(points: pd.DataFrame, reward_col: str, metric: str, level: float) -> float:
+    """Linear interpolation of ``metric`` at reward ``level`` along one run's
+    checkpoints in epoch order (first crossing); NaN if the run never reaches it."""
+    p = points.sort_values("epoch")
+    r = p[reward_col].to_numpy(dtype=float)
+    m = p[metric].to_numpy(dtype=float)
+    for i in range(len(r)):
+        if r[i] >= level:
+            if i == 0:  # already at the level at the first point
+                return float(m[0])
+            r0, r1, m0, m1 = r[i - 1], r[i], m[i - 1], m[i]
+            if r1 == r0:
+                return float(m1)
+            w = (level - r0) / (r1 - r0)
+            return float(m0 + w * (m1 - m0))
+    return math.nan
+
+
+def auto_levels(points: pd.DataFrame, reward_col: str, n: int = 3) -> list[float]:
+    """Reward levels every run can be compared at: inside the range between the
+    base model's reward and the lowest final reward of all runs."""
+    if points.empty:
+        return []
+    base = points[points["epoch"] < 0][reward_col]
+    lo = float(base.mean()) if len(base) else float(points[reward_col].min())
+    finals = points[points["epoch"] >= 0].sort_values("epoch").groupby(RUN_KEYS)[reward_col].max()
+    if finals.empty:
+        return []
+    hi = float(finals.min())
+    if not hi > lo:
+        return []
+    return [float(x) for x in np.linspace(lo, hi, n + 2)[1:-1]]
+
+
+def matched_reward_table(points: pd.DataFrame, reward_col: str, metrics: list[str], levels: list[float]) -> pd.DataFrame:
+    """Each metric interpolated at each matched reward level, per algorithm (mean, CI over seeds)."""
+    rows = []
+    runs = points[points["epoch"] >= 0]
+    base = points[points["epoch"] < 0]
+    for keys, g in runs.groupby(GROUP_KEYS):
+        model, reward, alg = keys
+        b = base[(base["model"] == model) & (base["reward"] == reward)]
+        for level in levels:
+            row = {"model": model, "reward": reward, "algorithm": alg, "matched_reward": level}
+            for metric in metrics:
+                if metric not in g:
+                    continue
+                vals = []
+                for _, s in g.groupby("seed"):
+                    s2 = pd.concat([b.assign(seed=s["seed"].iloc[0]), s]) if len(b) else s
+                    vals.append(interpolate_at_reward(s2, reward_col, metric, level))
+                mean, lo, hi = bootstrap_ci(vals)
+                row.update({metric: mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi,
+                            f"{metric}_seeds": int(np.isfinite(vals).sum())})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,342 @@
+"""The report: tables (CSV, Markdown, LaTeX), plots and image grids.
+
+Reads the tidy tables written by :mod:`evaluation.aggregate` and the sample
+folders; writes ``results/<experiment>/report/`` with an ``index.md`` that
+links every artefact.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.collapse import (
+    GROUP_KEYS, auto_levels, bootstrap_ci, epochs_to_target_table, matched_reward_table,
+)
+from pcpo.utils import atomic_path, atomic_write_text
+
+QUALITY = ["fid", "kid", "is", "diversity"]
+
+
+# ------------------------------------------------------------------ tables
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        if math.isinf(v):
+            return "∞"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(no rows)_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
+    def esc(s: str) -> str:
+        return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
+
+    cols = list(df.columns)
+    out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(caption)}}}",
+           "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule",
+           " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
+    for _, r in df.iterrows():
+        out.append(" & ".join(esc(_fmt(r[c])).replace("∞", "$\\infty$").replace("–", "--") for c in cols) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def write_table(df: pd.DataFrame, out: Path, name: str, caption: str) -> list[Path]:
+    paths = [out / f"{name}.csv", out / f"{name}.md", out / f"{name}.tex"]
+    with atomic_path(paths[0]) as tmp:
+        df.to_csv(tmp, index=False)
+    atomic_write_text(paths[1], f"**{caption}**\n\n" + to_markdown(df))
+    atomic_write_text(paths[2], to_latex(df, caption))
+    return paths
+
+
+def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int = 3) -> pd.DataFrame:
+    rows = []
+    for keys, g in curves.groupby(GROUP_KEYS):
+        per_seed_first, per_seed_last, clip = [], [], []
+        for _, s in g.groupby("seed"):
+            s = s.sort_values("epoch")
+            per_seed_first.append(float(s["reward_mean"].head(min(last_k, len(s))).mean()))
+            per_seed_last.append(float(s["reward_mean"].tail(min(last_k, len(s))).mean()))
+            clip.append(float(s["clipfrac"].mean()))
+        first, _, _ = bootstrap_ci(per_seed_first)
+        last, lo, hi = bootstrap_ci(per_seed_last)
+        c, clo, chi = bootstrap_ci(clip)
+        row = dict(zip(GROUP_KEYS, keys))
+        row.update({"seeds": len(per_seed_last), "train_reward_first3": first, "train_reward_last3": last,
+                    "last3_ci_low": lo, "last3_ci_high": hi, "gain": last - first,
+                    "clipfrac_mean": c, "clipfrac_ci_low": clo, "clipfrac_ci_high": chi})
+        if not points.empty:
+            p = points[(points["model"] == keys[0]) & (points["reward"] == keys[1]) & (points["algorithm"] == keys[2])]
+            if len(p):
+                lastp = p[p["epoch"] == p["epoch"].max()]
+                for col in ["eval_reward"] + [q for q in QUALITY if q in lastp]:
+                    row[f"final_{col}"] = float(lastp[col].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _panels(df: pd.DataFrame):
+    keys = sorted({(m, r) for m, r in zip(df["model"], df["reward"])})
+    plt = _plt()
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.2 * max(1, len(keys)), 3.8), squeeze=False)
+    return fig, axes[0], keys
+
+
+def plot_curves(curves: pd.DataFrame, col: str, ylabel: str, path: Path, title: str) -> Path | None:
+    if curves.empty or col not in curves:
+        return None
+    fig, axes, keys = _panels(curves)
+    for ax, (model, reward) in zip(axes, keys):
+        sub = curves[(curves["model"] == model) & (curves["reward"] == reward)]
+        for alg, g in sub.groupby("algorithm"):
+            piv = g.pivot_table(index="epoch", columns="seed", values=col)
+            mean, lo, hi = piv.mean(axis=1), piv.min(axis=1), piv.max(axis=1)
+            line, = ax.plot(piv.index, mean, label=f"{alg} (n={piv.shape[1]})", lw=1.8,
+                            ls="-" if alg.startswith("pcpo-") else "--")
+            ax.fill_between(piv.index, lo, hi, color=line.get_color(), alpha=0.18)
+        ax.set_title(f"{model} · {reward}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (line: mean over seeds; band: min–max)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_collapse(points: pd.DataFrame, metric: str, path: Path, label: str) -> Path | None:
+    if points.empty or metric not in points or points[metric].isna().all():
+        return None
+    fig, axes, keys = _panels(points)
+    for ax, (model, reward) in zip(axes, keys):
+        sub = points[(points["model"] == model) & (points["reward"] == reward)]
+        base = sub[sub["algorithm"] == "base"]
+        for alg, g in sub[sub["algorithm"] != "base"].groupby("algorithm"):
+            agg = g.groupby("epoch")[["eval_reward", metric]].mean().sort_index()
+            if len(base):
+                agg = pd.concat([base.groupby("epoch")[["eval_reward", metric]].mean(), agg])
+            ax.plot(agg["eval_reward"], agg[metric], "o-" if alg.startswith("pcpo-") else "s--", ms=4, label=alg)
+            ax.scatter(g["eval_reward"], g[metric], s=8, alpha=0.35)
+        if len(base):
+            ax.scatter(base["eval_reward"].mean(), base[metric].mean(), marker="*", s=140, c="k", label="base", zorder=5)
+        ax.set_title(f"{model} · {reward}")
+        ax.set_xlabel(f"evaluated reward ({reward})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Collapse curve: {label} against reward (checkpoints in order; points: seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_epochs_to_target(ett: pd.DataFrame, path: Path) -> Path | None:
+    if ett.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(ett)), 3.8))
+    labels = [f"{r.model}·{r.algorithm}" for r in ett.itertuples()]
+    x = np.arange(len(ett))
+    err = np.vstack([ett["epochs_mean"] - ett["ci_low"], ett["ci_high"] - ett["epochs_mean"]])
+    colors = ["tab:orange" if a.startswith("pcpo-") else "tab:blue" for a in ett["algorithm"]]
+    ax.bar(x, ett["epochs_mean"], yerr=err, capsize=4, color=colors)
+    for xi, r in zip(x, ett.itertuples()):
+        if r.censored:
+            ax.text(xi, r.epochs_mean, f"{r.censored} censored", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("epochs to target (95% bootstrap CI)")
+    ax.set_title("Epochs to reach the target training reward", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_credit_weights(results: Path, path: Path) -> Path | None:
+    """Native vs trained (PCPO) weight per step for every algorithm and model."""
+    seen = {}
+    for f in sorted((results / "runs").glob("*/*/*/seed*/config.json")):
+        d = json.loads(f.read_text())
+        key = (f.parts[-5], d["algorithm"])
+        seen.setdefault(key, d["credit"])
+    if not seen:
+        return None
+    models = sorted({m for m, _ in seen})
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        drawn_native = False
+        for (m, alg), c in sorted(seen.items()):
+            if m != model:
+                continue
+            steps = np.arange(len(c["native"]))
+            if not drawn_native and not alg.startswith("pcpo-"):
+                ax.plot(steps, c["native"], "k--", lw=1.5, label=f"native w(t) ({alg})")
+                drawn_native = True
+            if alg.startswith("pcpo-") and not alg.startswith("pcpo-base"):
+                ax.plot(steps, c["train_weight"], "o-", ms=3, label=f"{alg} weight")
+        ax.set_title(f"credit weights · {model}")
+        ax.set_xlabel("sampling step (noise → data)")
+        ax.set_ylabel("weight")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_credit_audit(audit: pd.DataFrame, path: Path) -> Path | None:
+    if audit.empty:
+        return None
+    models = sorted(audit["model"].unique())
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 6.4), squeeze=False)
+    for j, model in enumerate(models):
+        sub = audit[audit["model"] == model]
+        for alg, g in sub.groupby("algorithm"):
+            share = g.groupby("step")["grad_share"].mean()
+            clip = g.groupby("step")["clipfrac"].mean()
+            st = "o-" if alg.startswith("pcpo-") else "s--"
+            axes[0][j].plot(share.index, share.values, st, ms=3, label=alg)
+            axes[1][j].plot(clip.index, clip.values, st, ms=3, label=alg)
+        axes[0][j].set_title(f"credit audit · {model}")
+        axes[0][j].set_ylabel("share of gradient norm\n(at the network output)")
+        axes[1][j].set_ylabel("clip fraction")
+        axes[1][j].set_xlabel("sampling step (noise → data)")
+        for a in axes[:, j]:
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def image_grid(results: Path, model: str, reward: str, algorithm: str, seed: int, epochs: list[int],
+               path: Path, n: int = 10) -> Path | None:
+    """Rows: base model, then each checkpoint; columns: the same prompts and seeds."""
+    from PIL import Image
+
+    rows = [("base", results / "samples" / model / "base")]
+    rows += [(f"epoch {e}", results / "samples" / model / reward / algorithm / f"seed{seed}" / f"epoch{e}") for e in epochs]
+    rows = [(lbl, d) for lbl, d in rows if (d / "manifest.json").is_file()]
+    if len(rows) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n, 0.95 * len(rows) + 0.4), squeeze=False)
+    for i, (lbl, d) in enumerate(rows):
+        man = json.loads((d / "manifest.json").read_text())
+        recs = man["images"]
+        step = max(1, len(recs) // n)
+        pick = recs[::step][:n]
+        for k in range(n):
+            ax = axes[i][k]
+            ax.axis("off")
+            if k < len(pick):
+                ax.imshow(np.asarray(Image.open(d / pick[k]["file"])), cmap="gray", vmin=0, vmax=255)
+        axes[i][0].text(-0.2, 0.5, lbl, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{algorithm} · {model} · {reward} · seed {seed}", fontsize=9)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ report
+
+def build_report(results: str | Path, config: dict) -> Path:
+    results = Path(results)
+    out = results / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    tables = results / "tables"
+    curves = _read(tables / "training.csv")
+    audit = _read(tables / "credit_audit.csv")
+    points = _read(tables / "all_metrics.csv")
+    nets = _read(tables / "networks.csv")
+    ev = config.get("evaluation", {})
+    targets = ev.get("targets", {})
+    sections: list[str] = [f"# Report: experiment `{config.get('experiment')}`\n"]
+
+    final = final_reward_table(curves, points) if not curves.empty else pd.DataFrame()
+    write_table(final, out, "final_reward", "Training reward (first and last 3 epochs, mean over seeds, 95% bootstrap CI) and clip fraction")
+    sections.append("## Final reward and clip fraction\n\n" + to_markdown(final))
+
+    ett = epochs_to_target_table(curves, targets) if not curves.empty else pd.DataFrame()
+    write_table(ett, out, "epochs_to_target", "Epochs to reach the target training reward (95% bootstrap CI over seeds)")
+    sections.append("## Epochs to target\n\nTargets: " + ", ".join(f"{k} ≥ {v}" for k, v in targets.items())
+                    + "\n\n" + to_markdown(ett))
+
+    matched_frames = []
+    if not points.empty:
+        for (model, reward), p in points.groupby(["model", "reward"]):
+            levels = ev.get("matched_rewards", {}).get(reward) or auto_levels(p, "eval_reward")
+            metrics = [q for q in QUALITY if q in p and not p[q].isna().all()]
+            if levels and metrics:
+                matched_frames.append(matched_reward_table(p, "eval_reward", metrics, levels))
+    matched = pd.concat(matched_frames, ignore_index=True) if matched_frames else pd.DataFrame()
+    write_table(matched, out, "matched_reward", "Quality and diversity at matched evaluated reward (interpolated along checkpoints; 95% bootstrap CI)")
+    sections.append("## Quality and diversity at matched reward\n\n" + to_markdown(matched))
+    if not nets.empty:
+        sections.append("## Networks behind each metric\n\n" + to_markdown(nets))
+
+    plots = [
+        ("Reward against epoch", plot_curves(curves, "reward_mean", "training reward", out / "reward_vs_epoch.png", "Training reward")),
+        ("Clip fraction against epoch", plot_curves(curves, "clipfrac", "clip fraction", out / "clipfrac_vs_epoch.png", "Clip fraction")),
+        ("Collapse: FID against reward", plot_collapse(points, "fid", out / "collapse_fid.png", "FID (lower is better)")),
+        ("Collapse: KID against reward", plot_collapse(points, "kid", out / "collapse_kid.png", "KID (lower is better)")),
+        ("Collapse: diversity against reward", plot_collapse(points, "diversity", out / "collapse_diversity.png", "diversity (higher is more diverse)")),
+        ("Epochs to target", plot_epochs_to_target(ett, out / "epochs_to_target.png")),
+        ("Credit weights: native against PCPO", plot_credit_weights(results, out / "credit_weights.png")),
+        ("Credit audit per timestep", plot_credit_audit(audit, out / "credit_audit.png")),
+    ]
+    grids = []
+    epochs = sorted(int(e) for e in ev.get("epochs", []))
+    seen = set()
+    for block in config.get("matrix", []):
+        for reward in block["rewards"]:
+            for alg in block["algorithms"]:
+                key = (block["model"], reward, alg)
+                if key in seen:
+                    continue
+                seen.add(key)
+                seed = int(block["seeds"][0])
+                g = image_grid(results, block["model"], reward, alg, seed, epochs,
+                               out / f"grid_{block['model']}_{reward}_{alg}.png")
+                if g:
+                    grids.append((f"Samples: {alg} on {block['model']} ({reward}, seed {seed})", g))
+    sections.append("## Plots\n")
+    for title, p in plots + grids:
+        if p is not None:
+            sections.append(f"### {title}\n\n![{title}]({p.name})\n")
+    index = out / "index.md"
+    atomic_write_text(index, "\n".join(sections))
+    return index
+
+
+def _read(p: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(p)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()

@@ -1,0 +1,115 @@
+# Shared helpers: the experiment matrix from the config, paths, and --set flags.
+import json
+import shlex
+from pathlib import Path
+
+EXP = config["experiment"]
+RESULTS = f"{config.get('results', 'results')}/{EXP}"
+CONFIGFILE = workflow.configfiles[-1] if workflow.configfiles else "config/tiny.yaml"
+PCPO = config.get("pcpo_command", "pcpo")
+EVAL = config.get("evaluation", {})
+EVAL_EPOCHS = [int(e) for e in EVAL.get("epochs", [])]
+TRAIN_EPOCHS = int(config.get("train", {}).get("epochs", 10))
+CKPT_EVERY = int(config.get("train", {}).get("checkpoint_every", 2))
+
+
+def checkpoint_epochs():
+    eps = {e for e in range(TRAIN_EPOCHS) if (e + 1) % CKPT_EVERY == 0}
+    eps.add(TRAIN_EPOCHS - 1)
+    return eps
+
+
+_bad = [e for e in EVAL_EPOCHS if e not in checkpoint_epochs()]
+if _bad:
+    raise ValueError(
+        f"evaluation.epochs: {_bad} are not checkpoint epochs; with train.epochs={TRAIN_EPOCHS} and "
+        f"train.checkpoint_every={CKPT_EVERY} the checkpoints are {sorted(checkpoint_epochs())}"
+    )
+
+
+def runs():
+    """Every (model, reward, algorithm, seed) of the matrix."""
+    out = []
+    for block in config["matrix"]:
+        for reward in block["rewards"]:
+            for alg in block["algorithms"]:
+                for seed in block["seeds"]:
+                    out.append(dict(model=block["model"], reward=reward, algorithm=alg, seed=int(seed)))
+    return out
+
+
+def base_model(name):
+    return config["base_models"][name]
+
+
+def base_model_path(name):
+    bm = base_model(name)
+    return bm.get("path") or f"{RESULTS}/base/{bm['pretrain']}"
+
+
+def pretrained_inputs(name):
+    bm = base_model(name)
+    return [f"{RESULTS}/base/{bm['pretrain']}/pcpo_model.json"] if bm.get("pretrain") else []
+
+
+def classifier_inputs():
+    return [f"{RESULTS}/base/classifier/config.json"] if "classifier" in config.get("pretrain", {}) else []
+
+
+def fmt(value):
+    """Fill {results} and {classifier} placeholders of config strings."""
+    if isinstance(value, str):
+        return value.format(results=RESULTS, classifier=f"{RESULTS}/base/classifier")
+    if isinstance(value, dict):
+        return {k: fmt(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fmt(v) for v in value]
+    return value
+
+
+def set_flags(prefix, mapping):
+    """{'a': {'b': 1}} -> --set prefix.a.b=1 ..."""
+    flags = []
+    for k, v in mapping.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and v:
+            flags += set_flags(key, v)
+        else:
+            flags += ["--set", f"{key}={json.dumps(v)}"]
+    return flags
+
+
+def reward_options(reward):
+    return fmt(config.get("reward_options", {}).get(reward, {}))
+
+
+def train_flags(model, reward):
+    bm = base_model(model)
+    flags = ["--set", f"model.kind={bm['kind']}", "--set", f"model.path={base_model_path(model)}"]
+    flags += ["--set", f"reward.name={reward}"]
+    flags += set_flags("reward.options", reward_options(reward))
+    flags += set_flags("", fmt(bm.get("overrides", {})))
+    return " ".join(shlex.quote(f) for f in flags)
+
+
+RUN = "{model}/{reward}/{algorithm}/seed{seed}"
+
+
+def run_dir(w):
+    return f"{RESULTS}/runs/{w.model}/{w.reward}/{w.algorithm}/seed{w.seed}"
+
+
+def sample_dirs():
+    out = [f"{RESULTS}/samples/{m}/base" for m in sorted({r['model'] for r in runs()})]
+    for r in runs():
+        for e in EVAL_EPOCHS:
+            out.append(f"{RESULTS}/samples/{r['model']}/{r['reward']}/{r['algorithm']}/seed{r['seed']}/epoch{e}")
+    return out
+
+
+def eval_jsons():
+    return [d.replace("/samples/", "/metrics/") + ".json" for d in sample_dirs()]
+
+
+def run_logs():
+    return [f"{RESULTS}/runs/{r['model']}/{r['reward']}/{r['algorithm']}/seed{r['seed']}/metrics.csv" for r in runs()]

@@ -1,0 +1,31 @@
+# Metrics of one folder of samples: rewards, FID/KID, IS, diversity.
+
+
+def eval_flags():
+    f = []
+    for r in EVAL.get("rewards", []):
+        f.append(f"--reward {r}")
+    for m in EVAL.get("metrics", []):
+        f.append(f"--metric {m}")
+    return " ".join(f)
+
+
+rule evaluate:
+    input:
+        samples=f"{RESULTS}/samples/{{path}}/manifest.json",
+        clf=classifier_inputs(),
+    output:
+        f"{RESULTS}/metrics/{{path}}.json",
+    log:
+        f"{RESULTS}/logs/evaluate/{{path}}.log",
+    params:
+        samples=lambda w: f"{RESULTS}/samples/{w.path}",
+        cfg=CONFIGFILE,
+        flags=eval_flags(),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+        gpu=lambda w: config.get("resources", {}).get("evaluate_gpus", 0),
+    shell:
+        "{PCPO} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"

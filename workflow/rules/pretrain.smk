@@ -1,0 +1,36 @@
+# The tiny world's base models and its held-out-trained classifier.
+
+
+rule pretrain_classifier:
+    output:
+        f"{RESULTS}/base/classifier/config.json",
+    log:
+        f"{RESULTS}/logs/pretrain/classifier.log",
+    params:
+        out=f"{RESULTS}/base/classifier",
+        cfg=CONFIGFILE,
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "{PCPO} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
+
+
+rule pretrain:
+    output:
+        f"{RESULTS}/base/{{pretrained}}/pcpo_model.json",
+    log:
+        f"{RESULTS}/logs/pretrain/{{pretrained}}.log",
+    params:
+        out=lambda w: f"{RESULTS}/base/{w.pretrained}",
+        cfg=CONFIGFILE,
+    wildcard_constraints:
+        pretrained="eps|flow",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=lambda w: config.get("resources", {}).get("pretrain_gpus", 0),
+    shell:
+        "{PCPO} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"

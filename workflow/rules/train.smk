@@ -1,0 +1,23 @@
+# One RL run per (base model, reward, algorithm, seed); resumes from its last checkpoint.
+
+
+rule train:
+    input:
+        lambda w: pretrained_inputs(w.model) + classifier_inputs(),
+    output:
+        metrics=f"{RESULTS}/runs/{RUN}/metrics.csv",
+        done=f"{RESULTS}/runs/{RUN}/DONE",
+    log:
+        f"{RESULTS}/logs/train/{RUN}.log",
+    params:
+        out=run_dir,
+        cfg=CONFIGFILE,
+        flags=lambda w: train_flags(w.model, w.reward),
+    threads: 1
+    resources:
+        mem_mb=lambda w: config.get("resources", {}).get("train_mem_mb", 3000),
+        runtime=lambda w: config.get("resources", {}).get("train_runtime", 60),
+        gpu=lambda w: config.get("resources", {}).get("train_gpus", 0),
+    shell:
+        "{PCPO} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
+        "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
