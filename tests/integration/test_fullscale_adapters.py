@@ -157,6 +157,16 @@ OPTIONS = {"sd1": {}, "flux": {"max_sequence_length": T5_LEN, "resolution": RES}
 SAMPLER = {"sd1": "ddim", "flux": "flow-dance", "sd3": "flow-grpo"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a loaded 2-core machine OpenMP's spinning
+    worker threads make them up to 100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     from pcpo.models.tiny import quiet_hf
@@ -291,6 +301,7 @@ def test_lora_targets_exist(folders, kind):
     assert expected <= wrapped, sorted(wrapped)
 
 
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")
 def test_missing_model_names_the_component(tmp_path, monkeypatch):
     from pcpo.models import load_model
     from pcpo.models.sd import ModelLoadError
@@ -326,19 +337,18 @@ def brightness_reward():
     return "test_brightness"
 
 
-@pytest.mark.parametrize("kind,algorithm", TRAIN_CASES)
-def test_one_epoch_of_every_algorithm(folders, brightness_reward, tmp_path, kind, algorithm):
+def run_epoch(folders, reward, tmp_path, kind, algorithm, dtype="float32", device="cpu") -> dict:
     from pcpo.config import load_config
     from pcpo.trainer import Trainer
 
     cfg = {
         "experiment": "test-fullscale",
-        "model": {"kind": kind, "path": folders[kind], "options": OPTIONS[kind]},
-        "reward": {"name": brightness_reward},
+        "model": {"kind": kind, "path": folders[kind], "dtype": dtype, "options": OPTIONS[kind]},
+        "reward": {"name": reward},
         "prompts": {"source": "list", "options": {"prompts": PROMPTS}},
         "sampling": {"steps": 3, "guidance_scale": 2.0, "batch_size": 4},
         "train": {"epochs": 1, "prompts_per_epoch": 2, "group_size": 2, "train_batch_size": 2,
-                  "checkpoint_every": 1, "lr": 1e-3, "device": "cpu"},
+                  "checkpoint_every": 1, "lr": 1e-3, "device": device},
         "lora": {"enabled": True, "rank": 2, "alpha": 2},
     }
     p = tmp_path / "cfg.yaml"
@@ -348,9 +358,25 @@ def test_one_epoch_of_every_algorithm(folders, brightness_reward, tmp_path, kind
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
-    r = rows[0]
+    assert (out / "checkpoints" / "epoch_000000" / "trainable.safetensors").is_file()
+    return rows[0]
+
+
+@pytest.mark.parametrize("kind,algorithm", TRAIN_CASES)
+def test_one_epoch_of_every_algorithm(folders, brightness_reward, tmp_path, kind, algorithm):
+    r = run_epoch(folders, brightness_reward, tmp_path, kind, algorithm)
     assert float(r["logratio_first_max"]) < 1e-5
     for k in ("loss", "grad_norm", "reward_mean", "approx_kl"):
         assert math.isfinite(float(r[k])), k
     assert float(r["grad_norm"]) > 0
-    assert (out / "checkpoints" / "epoch_000000" / "trainable.safetensors").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind,algorithm", [("sd1", "pcpo-ddpo"), ("flux", "pcpo-dancegrpo"), ("sd3", "flow_grpo")])
+def test_cuda_bfloat16_epoch(folders, brightness_reward, tmp_path, kind, algorithm):
+    """On a GPU in bfloat16 the rollout and the first training forward must still agree (ratio 1)."""
+    r = run_epoch(folders, brightness_reward, tmp_path, kind, algorithm, dtype="bfloat16", device="cuda")
+    print(f"{kind} {algorithm} bf16 cuda: logratio_first_max={r['logratio_first_max']} loss={r['loss']}")
+    assert float(r["logratio_first_max"]) < 1e-4
+    for k in ("loss", "grad_norm", "reward_mean"):
+        assert math.isfinite(float(r[k])), k
