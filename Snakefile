@@ -10,7 +10,11 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-configfile: "config/tiny.yaml"
+# The default experiment, unless --configfile names one (Snakemake would otherwise merge
+# this file under the named one, leaking tiny-world keys into other experiments).
+if "experiment" not in config:
+
+    configfile: "config/tiny.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -120,7 +120,8 @@ class TrainingConfig:
 
 
 #: top-level keys of an experiment file that belong to other tools
-FOREIGN_SECTIONS = {"pretrain", "matrix", "evaluation", "report", "workflow", "slurm", "base_models", "paper"}
+FOREIGN_SECTIONS = {"pretrain", "matrix", "evaluation", "report", "workflow", "slurm", "base_models", "paper",
+                    "results", "pcpo_command", "reward_options", "resources"}
 
 
 def _type_name(tp) -> str:

@@ -1,7 +1,6 @@
 """``pcpo sample``: a fixed evaluation prompt set x fixed seeds -> PNG files + manifest."""
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -131,7 +130,6 @@ def _sample(args) -> int:
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("wrote %d images to %s", len(records), out)
-    del json
     return 0
 
 

@@ -5,7 +5,36 @@ from pathlib import Path
 
 EXP = config["experiment"]
 RESULTS = f"{config.get('results', 'results')}/{EXP}"
-CONFIGFILE = workflow.configfiles[-1] if workflow.configfiles else "config/tiny.yaml"
+
+
+
+def _write_effective_config():
+    """The config Snakemake uses (files + --config overrides), for the pcpo commands.
+
+    Rewritten only when its content changes, so its mtime triggers nothing; jobs
+    rerun on the config slices they declare in params (rerun trigger "params").
+    """
+    import yaml
+
+    path = Path(RESULTS) / "config.yaml"
+    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+CONFIGFILE = _write_effective_config()
+TRAINER_SECTIONS = ("model", "reward", "prompts", "sampling", "train", "lora", "ema", "pcpo", "algorithms")
+
+
+def settings(*keys, **extra):
+    """A stable JSON of the config sections a job depends on (its rerun trigger)."""
+    d = {k: config.get(k) for k in keys}
+    d.update(extra)
+    return json.dumps(d, sort_keys=True, default=str)
 PCPO = config.get("pcpo_command", "pcpo")
 EVAL = config.get("evaluation", {})
 EVAL_EPOCHS = [int(e) for e in EVAL.get("epochs", [])]

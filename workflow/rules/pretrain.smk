@@ -9,6 +9,7 @@ rule pretrain_classifier:
     params:
         out=f"{RESULTS}/base/classifier",
         cfg=CONFIGFILE,
+        settings=lambda w: settings(classifier=config.get("pretrain", {}).get("classifier")),
     threads: 2
     resources:
         mem_mb=2000,
@@ -25,6 +26,7 @@ rule pretrain:
     params:
         out=lambda w: f"{RESULTS}/base/{w.pretrained}",
         cfg=CONFIGFILE,
+        settings=lambda w: settings(model=config.get("pretrain", {}).get(w.pretrained)),
     wildcard_constraints:
         pretrained="eps|flow",
     threads: 2

@@ -23,6 +23,7 @@ rule sample_base:
         kind=lambda w: base_model(w.model)["kind"],
         path=lambda w: base_model_path(w.model),
         flags=sample_flags(),
+        settings=lambda w: settings("prompts", "sampling"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -45,6 +46,7 @@ rule sample:
         ckpt=lambda w: f"{run_dir(w)}/checkpoints/epoch_{int(w.epoch):06d}",
         cfg=CONFIGFILE,
         flags=sample_flags(),
+        settings=lambda w: settings("prompts", "sampling"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -13,6 +13,7 @@ rule train:
         out=run_dir,
         cfg=CONFIGFILE,
         flags=lambda w: train_flags(w.model, w.reward),
+        settings=lambda w: settings(*TRAINER_SECTIONS, base=base_model(w.model), reward_options=reward_options(w.reward)),
     threads: 1
     resources:
         mem_mb=lambda w: config.get("resources", {}).get("train_mem_mb", 3000),
