@@ -32,6 +32,21 @@ def test_lint_is_clean():
 
 
 @pytest.mark.parametrize("configfile", CONFIGS)
+def test_every_config_passes_the_trainer_validation(configfile):
+    from pcpo.algorithms import get_algorithm
+    from pcpo.config import load_config
+
+    cfg = load_config(ROOT / configfile)
+    raw = yaml.safe_load((ROOT / configfile).read_text())
+    for block in raw["matrix"]:
+        for alg in block["algorithms"]:
+            fw = get_algorithm(alg)
+            fam = {"sd1": "ddim", "tiny-eps": "ddim"}.get(raw["base_models"][block["model"]]["kind"], "flow")
+            fw.sampler_for(fam)
+    assert cfg.train.epochs >= 1
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
 def test_dry_run_of_every_config(configfile, tmp_path):
     r = snakemake("-n", "--configfile", configfile, "--config", f"results={tmp_path}/results", "--quiet", "rules")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,4 +1,13 @@
 # One RL run per (base model, reward, algorithm, seed); resumes from its last checkpoint.
+# With resources.train_gpus > 1 the run is started by `accelerate launch` (one process per GPU).
+
+
+def train_launcher():
+    n = int(config.get("resources", {}).get("train_gpus", 0))
+    if n > 1:
+        return f"accelerate launch --num_processes {n} --multi_gpu -m pcpo.cli"
+    return PCPO
+
 
 
 rule train:
@@ -13,6 +22,7 @@ rule train:
         out=run_dir,
         cfg=CONFIGFILE,
         flags=lambda w: train_flags(w.model, w.reward),
+        launcher=train_launcher(),
         settings=lambda w: settings(*TRAINER_SECTIONS, base=base_model(w.model), reward_options=reward_options(w.reward)),
     threads: 1
     resources:
@@ -20,5 +30,5 @@ rule train:
         runtime=lambda w: config.get("resources", {}).get("train_runtime", 60),
         gpu=lambda w: config.get("resources", {}).get("train_gpus", 0),
     shell:
-        "{PCPO} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
+        "{params.launcher} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
