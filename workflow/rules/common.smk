@@ -137,8 +137,35 @@ def sample_dirs():
 
 
 def eval_jsons():
-    return [d.replace("/samples/", "/metrics/") + ".json" for d in sample_dirs()]
+    samples, metrics = f"{RESULTS}/samples", f"{RESULTS}/metrics"
+    return [metrics + d[len(samples):] + ".json" for d in sample_dirs()]
 
 
 def run_logs():
     return [f"{RESULTS}/runs/{r['model']}/{r['reward']}/{r['algorithm']}/seed{r['seed']}/metrics.csv" for r in runs()]
+
+
+def eval_flags():
+    f = []
+    for r in EVAL.get("rewards", []):
+        f.append(f"--reward {r}")
+    for m in EVAL.get("metrics", []):
+        f.append(f"--metric {m}")
+    return " ".join(f)
+
+
+def sample_flags():
+    f = [f"--seed {EVAL.get('seed', 1234)}", f"--n-per-prompt {EVAL.get('n_per_prompt', 4)}"]
+    if EVAL.get("prompts_per_digit") is not None:
+        f.append(f"--prompts-per-digit {EVAL['prompts_per_digit']}")
+    if EVAL.get("deterministic", True):
+        f.append("--deterministic")
+    return " ".join(f)
+
+
+def train_launcher():
+    n = int(config.get("resources", {}).get("train_gpus", 0))
+    if n > 1:
+        return f"accelerate launch --num_processes {n} --multi_gpu -m pcpo.cli"
+    return PCPO
+

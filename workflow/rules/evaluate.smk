@@ -1,15 +1,6 @@
 # Metrics of one folder of samples: rewards, FID/KID, IS, diversity.
 
 
-def eval_flags():
-    f = []
-    for r in EVAL.get("rewards", []):
-        f.append(f"--reward {r}")
-    for m in EVAL.get("metrics", []):
-        f.append(f"--metric {m}")
-    return " ".join(f)
-
-
 rule evaluate:
     input:
         samples=f"{RESULTS}/samples/{{path}}/manifest.json",
@@ -19,14 +10,17 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/evaluate/{{path}}.log",
     params:
+        pcpo=PCPO,
         samples=lambda w: f"{RESULTS}/samples/{w.path}",
         cfg=CONFIGFILE,
         flags=eval_flags(),
         settings=lambda w: settings("reward_options", ev={k: v for k, v in EVAL.items() if k in ("metrics", "rewards", "reference")}),
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("evaluate_gpus", 0),
     shell:
-        "{PCPO} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"
+        "{params.pcpo} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"

@@ -7,15 +7,18 @@ rule pretrain_classifier:
     log:
         f"{RESULTS}/logs/pretrain/classifier.log",
     params:
-        out=f"{RESULTS}/base/classifier",
+        pcpo=PCPO,
+        out=lambda w, output: str(Path(output[0]).parent),
         cfg=CONFIGFILE,
         settings=lambda w: settings(classifier=config.get("pretrain", {}).get("classifier")),
+    conda:
+        "../envs/pcpo.yaml"
     threads: 2
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{PCPO} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
+        "{params.pcpo} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
 
 
 rule pretrain:
@@ -24,15 +27,18 @@ rule pretrain:
     log:
         f"{RESULTS}/logs/pretrain/{{pretrained}}.log",
     params:
-        out=lambda w: f"{RESULTS}/base/{w.pretrained}",
+        pcpo=PCPO,
+        out=lambda w, output: str(Path(output[0]).parent),
         cfg=CONFIGFILE,
         settings=lambda w: settings(model=config.get("pretrain", {}).get(w.pretrained)),
     wildcard_constraints:
         pretrained="eps|flow",
+    conda:
+        "../envs/pcpo.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=lambda w: config.get("resources", {}).get("pretrain_gpus", 0),
     shell:
-        "{PCPO} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"
+        "{params.pcpo} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"

@@ -1,4 +1,11 @@
 # All metrics -> one tidy table -> tables, plots and image grids.
+# Cheap bookkeeping: run on the submitting host, never as cluster jobs.
+
+
+localrules:
+    all,
+    aggregate,
+    report,
 
 
 rule aggregate:
@@ -10,13 +17,17 @@ rule aggregate:
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
+        pcpo=PCPO,
+        results=lambda w, output: str(Path(output[0]).parents[1]),
         cfg=CONFIGFILE,
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{PCPO} aggregate --config {params.cfg} --results {RESULTS} > {log} 2>&1"
+        "{params.pcpo} aggregate --config {params.cfg} --results {params.results} > {log} 2>&1"
 
 
 rule report:
@@ -31,10 +42,14 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
+        pcpo=PCPO,
+        results=lambda w, output: str(Path(output[0]).parents[1]),
         cfg=CONFIGFILE,
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PCPO} report --config {params.cfg} --results {RESULTS} > {log} 2>&1"
+        "{params.pcpo} report --config {params.cfg} --results {params.results} > {log} 2>&1"

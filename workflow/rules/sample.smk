@@ -1,15 +1,6 @@
 # Fixed evaluation prompts x fixed seeds, from each evaluated checkpoint and the base models.
 
 
-def sample_flags():
-    f = [f"--seed {EVAL.get('seed', 1234)}", f"--n-per-prompt {EVAL.get('n_per_prompt', 4)}"]
-    if EVAL.get("prompts_per_digit") is not None:
-        f.append(f"--prompts-per-digit {EVAL['prompts_per_digit']}")
-    if EVAL.get("deterministic", True):
-        f.append("--deterministic")
-    return " ".join(f)
-
-
 rule sample_base:
     input:
         lambda w: pretrained_inputs(w.model),
@@ -18,19 +9,22 @@ rule sample_base:
     log:
         f"{RESULTS}/logs/sample/{{model}}/base.log",
     params:
-        out=lambda w: f"{RESULTS}/samples/{w.model}/base",
+        pcpo=PCPO,
+        out=lambda w, output: str(Path(output[0]).parent),
         cfg=CONFIGFILE,
         kind=lambda w: base_model(w.model)["kind"],
         path=lambda w: base_model_path(w.model),
         flags=sample_flags(),
         settings=lambda w: settings("prompts", "sampling"),
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
     shell:
-        "{PCPO} sample --config {params.cfg} --model-kind {params.kind} --model-path {params.path} "
+        "{params.pcpo} sample --config {params.cfg} --model-kind {params.kind} --model-path {params.path} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
 
 
@@ -42,16 +36,19 @@ rule sample:
     log:
         f"{RESULTS}/logs/sample/{RUN}/epoch{{epoch}}.log",
     params:
-        out=lambda w: f"{RESULTS}/samples/{w.model}/{w.reward}/{w.algorithm}/seed{w.seed}/epoch{w.epoch}",
+        pcpo=PCPO,
+        out=lambda w, output: str(Path(output[0]).parent),
         ckpt=lambda w: f"{run_dir(w)}/checkpoints/epoch_{int(w.epoch):06d}",
         cfg=CONFIGFILE,
         flags=sample_flags(),
         settings=lambda w: settings("prompts", "sampling"),
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
     shell:
-        "{PCPO} sample --config {params.cfg} --checkpoint {params.ckpt} --out {params.out} {params.flags} "
+        "{params.pcpo} sample --config {params.cfg} --checkpoint {params.ckpt} --out {params.out} {params.flags} "
         "--no-progress > {log} 2>&1"

@@ -2,14 +2,6 @@
 # With resources.train_gpus > 1 the run is started by `accelerate launch` (one process per GPU).
 
 
-def train_launcher():
-    n = int(config.get("resources", {}).get("train_gpus", 0))
-    if n > 1:
-        return f"accelerate launch --num_processes {n} --multi_gpu -m pcpo.cli"
-    return PCPO
-
-
-
 rule train:
     input:
         lambda w: pretrained_inputs(w.model) + classifier_inputs(),
@@ -19,11 +11,14 @@ rule train:
     log:
         f"{RESULTS}/logs/train/{RUN}.log",
     params:
+        pcpo=PCPO,
         out=run_dir,
         cfg=CONFIGFILE,
         flags=lambda w: train_flags(w.model, w.reward),
         launcher=train_launcher(),
         settings=lambda w: settings(*TRAINER_SECTIONS, base=base_model(w.model), reward_options=reward_options(w.reward)),
+    conda:
+        "../envs/pcpo.yaml"
     threads: 1
     resources:
         mem_mb=lambda w: config.get("resources", {}).get("train_mem_mb", 3000),
