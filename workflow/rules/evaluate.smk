@@ -23,4 +23,4 @@ rule evaluate:
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("evaluate_gpus", 0),
     shell:
-        "{params.pcpo} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.pcpo} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule pretrain_classifier:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{params.pcpo} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.pcpo} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
 
 
 rule pretrain:
@@ -41,4 +41,4 @@ rule pretrain:
         runtime=60,
         gpu=lambda w: config.get("resources", {}).get("pretrain_gpus", 0),
     shell:
-        "{params.pcpo} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.pcpo} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule aggregate:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{params.pcpo} aggregate --config {params.cfg} --results {params.results} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.pcpo} aggregate --config {params.cfg} --results {params.results} > {log} 2>&1"
 
 
 rule report:
@@ -52,4 +52,4 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{params.pcpo} report --config {params.cfg} --results {params.results} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.pcpo} report --config {params.cfg} --results {params.results} > {log} 2>&1"

@@ -24,7 +24,7 @@ rule sample_base:
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
     shell:
-        "{params.pcpo} sample --config {params.cfg} --model-kind {params.kind} --model-path {params.path} "
+        "OMP_NUM_THREADS={threads} {params.pcpo} sample --config {params.cfg} --model-kind {params.kind} --model-path {params.path} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
 
 
@@ -50,5 +50,5 @@ rule sample:
         runtime=30,
         gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
     shell:
-        "{params.pcpo} sample --config {params.cfg} --checkpoint {params.ckpt} --out {params.out} {params.flags} "
+        "OMP_NUM_THREADS={threads} {params.pcpo} sample --config {params.cfg} --checkpoint {params.ckpt} --out {params.out} {params.flags} "
         "--no-progress > {log} 2>&1"

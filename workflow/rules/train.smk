@@ -25,5 +25,5 @@ rule train:
         runtime=lambda w: config.get("resources", {}).get("train_runtime", 60),
         gpu=lambda w: config.get("resources", {}).get("train_gpus", 0),
     shell:
-        "{params.launcher} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
+        "OMP_NUM_THREADS={threads} {params.launcher} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
