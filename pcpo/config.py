@@ -103,6 +103,7 @@ class TrainConfig:
     logratio_tolerance: float = 1e-4
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    deterministic_kernels: bool = True  # CUDA: no TF32, deterministic cuDNN (see Trainer._setup)
 
 
 @dataclass

@@ -112,6 +112,14 @@ class Trainer:
         dev = cfg.train.device
         cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
         self.acc = Accelerator(cpu=cpu)
+        if self.acc.device.type == "cuda" and cfg.train.deterministic_kernels:
+            # The first-inner-step check compares the rollout's forward with the training
+            # forward; TF32 and autotuned cuDNN kernels make them differ (measured on an
+            # H200: |log ratio| 1e-4 on the fp32 tiny world). Ask for exact, repeatable kernels.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if cfg.train.prompts_per_epoch % self.world:
             raise ConfigError(f"train.prompts_per_epoch: {cfg.train.prompts_per_epoch} groups cannot be split "
