@@ -158,13 +158,18 @@ def evaluate_classifier(model: DigitClassifier, split: str = "heldout") -> dict[
 
 def train_classifier(out_dir: str | os.PathLike, cfg: TinyClassifierConfig | None = None, seed: int = 0) -> Path:
     """Train the classifier and its boldness probe; save to ``out_dir`` (atomically)."""
+    from pcpo.tiny.pretrain import torch_threads
+
+    cfg = cfg or TinyClassifierConfig()
+    with torch_threads(cfg.num_threads):
+        return _train_classifier(out_dir, cfg, seed)
+
+
+def _train_classifier(out_dir: str | os.PathLike, cfg: TinyClassifierConfig, seed: int) -> Path:
     from tqdm.auto import tqdm
 
     from pcpo.tiny.pretrain import atomic_dir, commit_dir
 
-    cfg = cfg or TinyClassifierConfig()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     t0 = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

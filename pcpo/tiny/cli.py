@@ -85,7 +85,7 @@ def _run(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="train a tiny-world base model (eps, flow) or the tiny classifier",
-                       description=__doc__.splitlines()[0])
+                       description="Train a tiny-world base model (eps, flow) or the tiny classifier.")
     p.add_argument("--model", required=True, choices=["eps", "flow", "classifier"])
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced atomically)")
     p.add_argument("--config", metavar="FILE.yaml", help="experiment YAML; reads its pretrain.<model> mapping")

@@ -39,6 +39,7 @@ randomness (initialisation, data order, captions, noise, times) comes from
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,7 +47,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -322,20 +323,36 @@ def _noisy_batch(kind: str, x0: torch.Tensor, gen: torch.Generator, cfg: TinyPre
     return xs, s * FLOW_TIME_SCALE, noise - x0
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch CPU threads (0: unchanged), restoring the old count after."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(old)
+
+
 def pretrain(kind: str, out_dir: str | os.PathLike, cfg: TinyPretrainConfig | None = None, seed: int = 0) -> Path:
     """Train the ``kind`` ("eps" or "flow") base model and save it to ``out_dir``.
 
-    Returns the output path.  Deterministic for ``seed`` (same machine and
-    thread count).
+    ``cfg`` defaults to :meth:`TinyPretrainConfig.for_kind`.  Returns the
+    output path.  Deterministic for ``seed`` (same machine and thread count).
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     cfg = cfg or TinyPretrainConfig.for_kind(kind)
     cfg.validate()
+    with torch_threads(cfg.num_threads):
+        return _pretrain(kind, out_dir, cfg, seed)
+
+
+def _pretrain(kind: str, out_dir: str | os.PathLike, cfg: TinyPretrainConfig, seed: int) -> Path:
     from tqdm.auto import tqdm
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     t_start = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

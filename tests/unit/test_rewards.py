@@ -7,6 +7,15 @@ import torch
 from pcpo.rewards import get_reward, reward_names
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are minute: one thread is fastest and immune to a busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _noise(n=2, c=1, size=16, seed=0):
     return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -12,6 +12,15 @@ from pcpo.tiny.pretrain import TinyPretrainConfig, pretrain
 from pcpo.tiny.text import build_text_encoder, build_tokenizer, encode_text, tokenize
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are minute: one thread is fastest and immune to a busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -145,6 +154,9 @@ def test_pretrain_config_rejects_unknown_keys():
     cfg = TinyPretrainConfig.from_dict({"steps": 7, "block_out_channels": [8, 16, 16]})
     assert cfg.steps == 7 and cfg.block_out_channels == (8, 16, 16)
     assert TinyPretrainConfig.from_dict(cfg.to_dict()) == cfg
+    flow = TinyPretrainConfig.from_dict({"lr": 5e-4}, kind="flow")
+    assert flow.lr == 5e-4 and flow.steps == TinyPretrainConfig.for_kind("flow").steps
+    assert TinyPretrainConfig.for_kind("eps").steps > flow.steps  # the eps model needs more steps
 
 
 def test_pretrain_cli_reads_yaml_sections(tmp_path):

@@ -13,7 +13,7 @@ rule pretrain_classifier:
         settings=lambda w: settings(classifier=config.get("pretrain", {}).get("classifier")),
     conda:
         "../envs/pcpo.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
@@ -35,7 +35,7 @@ rule pretrain:
         pretrained="eps|flow",
     conda:
         "../envs/pcpo.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
