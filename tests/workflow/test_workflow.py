@@ -106,6 +106,8 @@ def smoke_run(tmp_path_factory):
         p.wait()
         interrupted = time.time() - t0
         pre = {f: f.stat().st_mtime_ns for f in (results / "smoke" / "base").rglob("*.json")}
+        # a hard kill leaves Snakemake's lock behind: the documented recovery is --unlock
+        subprocess.run(args + ["--unlock"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120, check=True)
         r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
         total = time.time() - t0
         yield {"results": results / "smoke", "log": r.stdout + r.stderr, "rc": r.returncode, "pre": pre,
