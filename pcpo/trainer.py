@@ -304,7 +304,12 @@ class Trainer:
         fault = os.environ.get("PCPO_FAULT_AFTER_EPOCH")
         epochs = self.cfg.train.epochs
         if self.start_epoch >= epochs:
-            log.info("run already complete (%d epochs)", epochs)
+            # the workflow manager may have deleted the logs of an interrupted job whose last
+            # checkpoint was already the final one: rewrite them from the checkpoint's rows
+            log.info("run already complete (%d epochs); rewriting its logs", epochs)
+            if self.acc.is_main_process and self.rows:
+                self._write_logs(self.rows[-1])
+                atomic_write_text(self.out / "DONE", json.dumps({"epochs": epochs}) + "\n")
             return self.out
         from tqdm.auto import tqdm
 

@@ -156,3 +156,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_mode
     assert (out / "checkpoints" / "latest").read_text().strip() == "epoch_000000"
     assert len(read_rows(out / "metrics.csv")) == 1
     _ = torch
+
+
+def test_restart_after_the_final_checkpoint_restores_deleted_logs(tmp_path, tiny_models):
+    """Snakemake deletes an interrupted job's outputs; a run whose last checkpoint is final
+    must write metrics.csv and DONE again from the checkpoint."""
+    from pcpo.config import load_config
+    from pcpo.trainer import Trainer
+
+    cfg = load_config(make_config(tmp_path, tiny_models["eps"], "eps", epochs=2))
+    out = tmp_path / "run"
+    Trainer(cfg, "ddpo", 0, out, progress=False).run()
+    before = (out / "metrics.csv").read_text()
+    (out / "metrics.csv").unlink()
+    (out / "DONE").unlink()
+    Trainer(cfg, "ddpo", 0, out, progress=False).run()
+    assert (out / "metrics.csv").read_text() == before
+    assert (out / "DONE").is_file()
