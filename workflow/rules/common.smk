@@ -1,6 +1,7 @@
 # Shared helpers: the experiment matrix from the config, paths, and --set flags.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 EXP = config["experiment"]
@@ -35,7 +36,9 @@ def settings(*keys, **extra):
     d = {k: config.get(k) for k in keys}
     d.update(extra)
     return json.dumps(d, sort_keys=True, default=str)
-PCPO = config.get("pcpo_command", "pcpo")
+# `pcpo` through the interpreter running Snakemake, so jobs (local or on Slurm nodes, where
+# the job-side Snakemake re-evaluates this) find it without an activated environment
+PCPO = config.get("pcpo_command") or f"{shlex.quote(sys.executable)} -m pcpo.cli"
 EVAL = config.get("evaluation", {})
 EVAL_EPOCHS = [int(e) for e in EVAL.get("epochs", [])]
 TRAIN_EPOCHS = int(config.get("train", {}).get("epochs", 10))
