@@ -30,7 +30,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
@@ -148,21 +147,6 @@ def _network_fields() -> Dict[str, object]:
     }
 
 
-def _atomic_write(path: Path, writer: Callable[[io.BufferedWriter], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # =========================================================================== features
 
 
@@ -260,10 +244,9 @@ def reference_statistics(
         meta = {"name": str(name), "resolution": list(resolution), "count": count, "fingerprint": fingerprint,
                 "sha256": net["sha256"], "network": net["network"], "feature_layer": FEATURE_LAYER}
 
-        def _write(f):
-            np.savez(f, features=feats.numpy(), mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(meta)))
-
-        _atomic_write(path, _write)
+        buf = io.BytesIO()
+        np.savez(buf, features=feats.numpy(), mu=stats["mu"], sigma=stats["sigma"], meta=np.array(json.dumps(meta)))
+        _inc._atomic_write_bytes(path, buf.getvalue())
     return _ref_result(name, resolution, count, fingerprint, feats, stats["mu"], stats["sigma"], path if cache else None, net)
 
 
