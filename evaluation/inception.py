@@ -92,26 +92,20 @@ def cache_dir() -> Path:
     return path
 
 
-def file_sha256(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def _file_digest(path, algorithm: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
+        while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    return _file_digest(path, "sha256", chunk)
 
 
 def _file_sha1(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+    return _file_digest(path, "sha1", chunk)
 
 
 @functools.lru_cache(maxsize=None)
