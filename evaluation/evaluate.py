@@ -104,10 +104,18 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
             out[f"reward/{name}"] = {"value": float(r.mean()), "std": float(r.std(unbiased=False)),
                                      "network": f"reward:{name}", "n": int(r.numel())}
             timing[f"reward/{name}"] = time.perf_counter() - t0
+    # Diversity runs first: its Inception pass leaves each image's pool3 features in
+    # ``memo``, so FID/KID need no second pass over the same images.
+    memo: dict = {}
+    div = None
+    if "diversity" in metrics:
+        t0 = time.perf_counter()
+        div = M.diversity(images, groups, batch_size=batch_size, device=device, memo=memo)
+        timing["diversity"] = time.perf_counter() - t0
     if "fid" in metrics or "kid" in metrics:
         t0 = time.perf_counter()
         real, real_name = reference_images(ev.get("reference", {}), images.shape[-1])
-        fk = M.fid_kid(images, real, real_name=real_name, batch_size=batch_size, device=device)
+        fk = M.fid_kid(images, real, real_name=real_name, batch_size=batch_size, device=device, memo=memo)
         for k in ("fid", "kid"):
             if k in metrics:
                 out[k] = fk[k]
@@ -125,10 +133,8 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
                                   "or a classifier; name one (the tiny world's: '{classifier}')")
             out["is"] = M.inception_score(images, clf, classifier_name=name, batch_size=batch_size, device=device)
         timing["is"] = time.perf_counter() - t0
-    if "diversity" in metrics:
-        t0 = time.perf_counter()
-        out["diversity"] = M.diversity(images, groups, batch_size=batch_size, device=device)
-        timing["diversity"] = time.perf_counter() - t0
+    if div is not None:
+        out["diversity"] = div
     if "fd_dino" in metrics:
         raise ConfigError("evaluation.metrics: fd_dino needs torch-fidelity's DINOv2 weights, which are not "
                           "available offline here; remove it from the metric list on this machine")

@@ -157,17 +157,45 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def _image_key(u8_image: torch.Tensor) -> str:
+    """Key of one uint8 (3,H,W) network input in a :data:`FeatureMemo`."""
+    return hashlib.sha256(u8_image.contiguous().numpy().tobytes()).hexdigest()
+
+
+#: Pool3 features already computed for uint8 network inputs, keyed by :func:`_image_key`.
+#: ``diversity(..., memo=m)`` fills it as a by-product (its Inception pass runs the
+#: whole network), and ``inception_features(..., memo=m)`` / ``fid_kid(..., memo=m)``
+#: then skip those images: one Inception pass per image for FID, KID and diversity.
+FeatureMemo = Dict[str, torch.Tensor]
+
+
 @torch.inference_mode()
-def inception_features(images: ImagesLike, batch_size: int = 32, device="cpu") -> torch.Tensor:
-    """Pool3 (2048-d) features of torch-fidelity's FID Inception, float32 (N, 2048), in input order."""
+def inception_features(images: ImagesLike, batch_size: int = 32, device="cpu",
+                       memo: Optional[FeatureMemo] = None) -> torch.Tensor:
+    """Pool3 (2048-d) features of torch-fidelity's FID Inception, float32 (N, 2048), in input order.
+
+    With ``memo``, images whose features it holds are not recomputed and new
+    ones are added to it.
+    """
     batch_size = _check_batch_size(batch_size)
     u8 = to_uint8_rgb(images)
-    fe = _inc.load_feature_extractor((FEATURE_LAYER,), device=device)
-    out = []
-    for i in range(0, u8.shape[0], batch_size):
-        (f,) = fe(u8[i : i + batch_size].to(device))
-        out.append(f.detach().to("cpu", torch.float32))
-    return torch.cat(out, 0)
+    n = u8.shape[0]
+    keys = [_image_key(u8[i]) for i in range(n)] if memo is not None else None
+    todo = [i for i in range(n) if keys is None or keys[i] not in memo]
+    computed: Dict[int, torch.Tensor] = {}
+    if todo:
+        fe = _inc.load_feature_extractor((FEATURE_LAYER,), device=device)
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s : s + batch_size]
+            (f,) = fe(u8[idx].to(device))
+            f = f.detach().to("cpu", torch.float32)
+            for j, i in enumerate(idx):
+                computed[i] = f[j]
+                if memo is not None:
+                    memo[keys[i]] = f[j]
+    if not computed and n == 0:
+        return torch.empty((0, 2048), dtype=torch.float32)
+    return torch.stack([computed[i] if i in computed else memo[keys[i]] for i in range(n)])
 
 
 # =========================================================================== reference cache
@@ -382,14 +410,16 @@ def fid_kid(
     kid_subsets: int = DEFAULT_KID_SUBSETS,
     kid_subset_size: Optional[int] = None,
     seed: int = DEFAULT_SEED,
+    memo: Optional[FeatureMemo] = None,
 ) -> Dict[str, Dict[str, object]]:
     """FID and KID of ``fake`` against ``real`` from one pass of feature extraction.
 
     ``real`` is an image tensor (cached under ``real_name`` if given) or the
     dict returned by :func:`reference_statistics`.  KID subset size defaults
     to ``min(1000, N_fake, N_real)``.  Returns ``{"fid": {...}, "kid": {...}}``.
+    ``memo``: see :data:`FeatureMemo`.
     """
-    ff = inception_features(fake, batch_size=batch_size, device=device)
+    ff = inception_features(fake, batch_size=batch_size, device=device, memo=memo)
     fr, real_info = _real_features(real, real_name, batch_size, device, cache)
     net = _network_fields()
     common = {"feature_layer": "pool3_2048", "n_fake": int(ff.shape[0]), "n_real": int(fr.shape[0]), **real_info, **net}
@@ -616,10 +646,11 @@ class _InceptionFeatureDistance(_FeatureDistance):
                 captured[nm] = _unit_normalise(out.detach().to(torch.float32)).cpu()
             handles.append(getattr(self.fe, nm).register_forward_hook(hook))
         try:
-            self.fe(x.to(self.device))
+            (pool3,) = self.fe(x.to(self.device))
         finally:
             for h in handles:
                 h.remove()
+        self.last_pool3 = pool3.detach().to("cpu", torch.float32)
         return [captured[nm] for nm in DIVERSITY_INCEPTION_LAYERS]
 
 
@@ -708,6 +739,7 @@ def diversity(
     *,
     batch_size: int = 32,
     device="cpu",
+    memo: Optional[FeatureMemo] = None,
 ) -> Dict[str, object]:
     """Mean pairwise perceptual distance within each prompt group, averaged over groups.
 
@@ -723,6 +755,10 @@ def diversity(
     the FID Inception's blocks :data:`DIVERSITY_INCEPTION_LAYERS`, mean over
     blocks, no learned heads; images quantised to uint8 and resized to 299 like
     for FID).  LPIPS inputs smaller than 64 px are bilinearly upsampled to 64.
+
+    ``memo``: with the Inception backbone, the pool3 features of every image
+    passed through the network are stored there (see :data:`FeatureMemo`), so
+    a following :func:`fid_kid` with the same memo reuses them.
     """
     x = _as_tensor(images)
     batch_size = _check_batch_size(batch_size)
@@ -738,7 +774,7 @@ def diversity(
         # de-duplicate bitwise-identical inputs
         key_of, uniq = [], {}
         for i in idx:
-            k = hashlib.sha256(prepared[i].contiguous().numpy().tobytes()).hexdigest()
+            k = _image_key(prepared[i])
             if k not in uniq:
                 uniq[k] = len(uniq)
             key_of.append(uniq[k])
@@ -751,6 +787,9 @@ def diversity(
             layers = dist.features(prepared[u_idx[s : s + batch_size]])
             for j in range(layers[0].shape[0]):
                 feats.append([lay[j] for lay in layers])
+            if memo is not None and isinstance(dist, _InceptionFeatureDistance):
+                for j, i in enumerate(u_idx[s : s + batch_size]):
+                    memo[_image_key(prepared[i])] = dist.last_pool3[j]
         cache: Dict[Tuple[int, int], float] = {}
         vals = []
         for a in range(len(idx)):

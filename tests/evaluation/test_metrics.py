@@ -253,6 +253,36 @@ def test_diversity_identical_zero_and_distinct_positive(data):
         M.diversity(imgs[:2], ["a", "b"], backbone="inception")
 
 
+def test_diversity_memo_feeds_fid_without_a_second_pass(data, monkeypatch):
+    """evaluate_folder's single Inception pass: diversity leaves pool3 features in the memo, and
+    fid_kid with that memo runs the network only on images diversity did not see."""
+    x = data["noisy"][0]
+    groups = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4]  # group 4 has one image: diversity skips it
+    memo: dict = {}
+    M.diversity(x, groups, backbone="inception", batch_size=4, memo=memo)
+    assert len(memo) == N - 1
+    calls = []
+    real_load = inc.load_feature_extractor
+
+    def counting_load(*a, **k):
+        fe = real_load(*a, **k)
+
+        def run(batch):
+            calls.append(int(batch.shape[0]))
+            return fe(batch)
+        return run
+
+    monkeypatch.setattr(inc, "load_feature_extractor", counting_load)
+    with_memo = M.fid_kid(x, data["ref"], batch_size=N, kid_subsets=20, memo=memo)
+    assert calls == [1]  # only the image of the singleton group
+    without = M.fid_kid(x, data["ref"], batch_size=N, kid_subsets=20)
+    assert calls == [1, N]
+    for m in ("fid", "kid"):
+        assert _rel(with_memo[m]["value"], without[m]["value"]) < 1e-5, (m, with_memo[m]["value"], without[m]["value"])
+    feats = M.inception_features(x, batch_size=N, memo=memo)
+    assert calls == [1, N] and torch.allclose(feats, data["fn"][0], rtol=1e-4, atol=1e-5)
+
+
 def test_lpips_path_matches_lpips_package():
     """Exercise the real-LPIPS code path offline with a random AlexNet trunk (linear heads are real)."""
     dist = M._make_distance("_lpips_alex_random_trunk", "cpu")
