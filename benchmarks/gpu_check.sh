@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes on one H100: each step has a timeout (SIGTERM, SIGKILL 10 s later; at
-# most 75 + 130 + 230 s), and the full-scale ones a --time-budget after which they skip the algorithms left:
+# most 75 + 130 + 50 + 200 s), and the full-scale ones a --time-budget after which they skip the algorithms left:
 #   0. nvidia-smi -L, torch/CUDA versions, the Python packages the steps import
 #   1. benchmarks/trainer_overhead.py --epochs 2 --config config/tiny.yaml   (tiny world)  timeout  75 s
 #   2. benchmarks/fullscale_epoch.py --model sd15 --scale real              budget  90 s, timeout 130 s
-#   3. benchmarks/fullscale_epoch.py --model flux --scale real              budget 180 s, timeout 230 s
-# Shorter limits: GPU_CHECK_{TINY,SD,FLUX}_TIMEOUT and GPU_CHECK_{SD,FLUX}_BUDGET (seconds).
+#   3. benchmarks/forward_consistency.py --model sd15 --scale real          (which difference between the
+#      rollout's and the training forward moves the SD1.5 prediction)                   timeout  50 s
+#   4. benchmarks/fullscale_epoch.py --model flux --scale real              budget 150 s, timeout 200 s
+# Shorter limits: GPU_CHECK_{TINY,SD,CONSISTENCY,FLUX}_TIMEOUT and GPU_CHECK_{SD,FLUX}_BUDGET (seconds).
 # Runs from a plain checkout with the machine's own python3 (PYTHON=... to choose another) and
 # PYTHONPATH=$PWD (an existing PYTHONPATH is kept after it); installs nothing.  Everything is
 # printed and, when $OUT is set, also written to $OUT/gpu_check.log, with the JSON summaries in
@@ -79,24 +81,27 @@ EOF
     local rc=$?
     if [ "$rc" -ne 0 ]; then STATUS+=("packages: MISSING (see above)"); FAILED=1; fi
 
-    local jo=() js=() jf=()
+    local jo=() js=() jf=() jc=()
     if [ -n "$RES" ]; then
         jo=(--json "$RES/trainer_overhead.json")
         js=(--json "$RES/fullscale_sd15.json")
         jf=(--json "$RES/fullscale_flux.json")
+        jc=(--json "$RES/forward_consistency_sd15.json")
     fi
     step "1 trainer_overhead tiny" "${GPU_CHECK_TINY_TIMEOUT:-75}" "$PY" benchmarks/trainer_overhead.py --epochs 2 --config config/tiny.yaml \
         ${jo[@]+"${jo[@]}"}
     step "2 fullscale sd15 real" "${GPU_CHECK_SD_TIMEOUT:-130}" "$PY" benchmarks/fullscale_epoch.py --model sd15 --scale real \
         --time-budget "${GPU_CHECK_SD_BUDGET:-90}" --out "$WORK/sd15" ${js[@]+"${js[@]}"}
-    step "3 fullscale flux real" "${GPU_CHECK_FLUX_TIMEOUT:-230}" "$PY" benchmarks/fullscale_epoch.py --model flux --scale real \
-        --time-budget "${GPU_CHECK_FLUX_BUDGET:-180}" --out "$WORK/flux" ${jf[@]+"${jf[@]}"}
+    step "3 forward consistency sd15 real" "${GPU_CHECK_CONSISTENCY_TIMEOUT:-50}" "$PY" benchmarks/forward_consistency.py \
+        --model sd15 --scale real --out "$WORK/consistency" ${jc[@]+"${jc[@]}"}
+    step "4 fullscale flux real" "${GPU_CHECK_FLUX_TIMEOUT:-200}" "$PY" benchmarks/fullscale_epoch.py --model flux --scale real \
+        --time-budget "${GPU_CHECK_FLUX_BUDGET:-150}" --out "$WORK/flux" ${jf[@]+"${jf[@]}"}
 
     echo
     echo "=== gpu_check summary ($SECONDS s in all)"
     local s
     for s in "${STATUS[@]}"; do echo "  $s"; done
-    grep -h "^RESULT " "$WORK/steps.log" 2>/dev/null || true
+    grep -h -e "^RESULT " -e "^CONSISTENCY " "$WORK/steps.log" 2>/dev/null || true
     rm -rf "$WORK"
     return "$FAILED"
 }

@@ -143,3 +143,26 @@ def test_time_budget_skips(summaries, tmp_path):
     assert [r["algorithm"] for r in s["results"]] == ["dancegrpo", "pcpo-dancegrpo", "flow_grpo", "pcpo-flow_grpo"]
     assert [r["status"] for r in s["results"]] == ["skipped (budget)"] * 4
     assert "RESULT flux flow_grpo: skipped (budget)" in buf.getvalue()
+
+
+def test_forward_consistency_bisection_on_cpu(tmp_path):
+    """``benchmarks/forward_consistency.py`` (the GPU check's bisection of a first-step log-ratio
+    mismatch) on the tiny SD1.5 classes: every variant is reported, and on a CPU the training
+    forward (train mode, autograd, gradient checkpointing, mixed timesteps) equals the rollout's
+    bit for bit; only a different batch size may move the prediction, and then by float32 noise."""
+    from benchmarks import forward_consistency as fc
+
+    out = tmp_path / "fc.json"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert fc.main(["--model", "sd15", "--scale", "tiny", "--out", str(tmp_path / "w"),
+                        "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    res = {r["variant"]: r for r in summary["results"]}
+    assert list(res) == list(fc.VARIANTS)
+    assert summary["guidance_scale"] > 1 and summary["micro_batch"] == 4 and len(summary["steps_checked"]) == 3
+    for name in ("train_mode", "autograd", "training", "training_math_sdpa", "training_no_cudnn", "mixed_timesteps"):
+        assert res[name]["max_abs_pred_diff"] == 0.0 and res[name]["max_abs_log_ratio"] == 0.0, res[name]
+    for name in ("batch_double", "batch_single"):  # other GEMM shapes: a few ulp at most
+        assert res[name]["max_abs_log_ratio"] < 1e-4, res[name]
+    assert buf.getvalue().count("CONSISTENCY sd15") == len(fc.VARIANTS)
