@@ -67,6 +67,23 @@ def test_malformed_config_fails_at_validation_naming_the_field(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_evaluation_seeds_select_checkpoints_and_reject_unknown_seeds(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    cfg["evaluation"]["seeds"] = [1]
+    f = tmp_path / "one_seed.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    r = snakemake("-n", "--configfile", str(f), "--config", f"results={tmp_path}/results")
+    assert r.returncode == 0, r.stdout + r.stderr
+    planned = {ln.split(": ", 1)[1] for ln in r.stdout.splitlines() if ln.strip().startswith("output: ")}
+    evals = sorted(p for p in planned if "/metrics/" in p and "/base.json" not in p)
+    assert evals and all("/seed1/" in p for p in evals), evals
+    cfg["evaluation"]["seeds"] = [7]
+    f.write_text(yaml.safe_dump(cfg))
+    r = snakemake("-n", "--configfile", str(f), "--config", f"results={tmp_path}/results")
+    assert r.returncode != 0
+    assert "evaluation.seeds" in r.stdout + r.stderr and "[7]" in r.stdout + r.stderr
+
+
 DROPIN = '''"""Test drop-in baseline: DanceGRPO's settings with a smaller trained-step fraction."""
 from pcpo.algorithms import Framework, register_framework
 

@@ -131,9 +131,25 @@ def run_dir(w):
     return f"{RESULTS}/runs/{w.model}/{w.reward}/{w.algorithm}/seed{w.seed}"
 
 
+def _eval_seeds():
+    """evaluation.seeds: evaluate the checkpoints of these seeds only (default: every seed)."""
+    seeds = EVAL.get("seeds")
+    if seeds is None:
+        return None
+    known = {int(r["seed"]) for r in runs()}
+    bad = [s for s in seeds if int(s) not in known]
+    if bad:
+        raise ValueError(f"evaluation.seeds: {bad} are not seeds of any matrix entry (they are {sorted(known)}); "
+                         "list a subset of the matrix's seeds, or drop the key to evaluate every seed")
+    return {int(s) for s in seeds}
+
+
 def sample_dirs():
     out = [f"{RESULTS}/samples/{m}/base" for m in sorted({r['model'] for r in runs()})]
+    keep = _eval_seeds()
     for r in runs():
+        if keep is not None and int(r["seed"]) not in keep:
+            continue
         for e in EVAL_EPOCHS:
             out.append(f"{RESULTS}/samples/{r['model']}/{r['reward']}/{r['algorithm']}/seed{r['seed']}/epoch{e}")
     return out
