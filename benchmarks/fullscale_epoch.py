@@ -380,66 +380,13 @@ def make_config(spec: Spec, folder: Path, device: str, dtype: str, logratio_tole
     })
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def model_only_time(trainer, prompts: list[str] = PROMPTS) -> float:
-    """Seconds of the model calls one epoch of ``trainer`` makes, done alone on random inputs.
+    """Seconds of the model calls one epoch of ``trainer`` makes, done alone: guided forwards,
+    training forward+backward, KL reference forwards, prompt encoding and VAE decode
+    (``benchmarks/trainer_overhead.model_only_time`` with ``full_scale``)."""
+    from benchmarks.trainer_overhead import model_only_time as timed
 
-    ``benchmarks/trainer_overhead.model_only_time`` (guided forwards of the rollout in its
-    micro-batches, K forward+backward per training micro-batch) plus what a full-scale
-    epoch also spends in networks: encoding the prompts (and the empty prompt), the VAE
-    decode of the final latents, and the reference model's forwards of a KL term.
-    """
-    cfg = trainer.cfg
-    m = trainer.model
-    dev = trainer.acc.device
-    t = cfg.train
-    B = t.prompts_per_epoch * t.group_size
-    T = trainer.grid.num_steps
-    K = trainer.trained_steps()
-    g = trainer.st.guidance_scale
-    kl = trainer.st.kl_beta > 0
-    shape = m.latent_shape()
-    mdtype = m.dtype
-    texts = [prompts[i % len(prompts)] for i in range(B)]
-
-    def rows(d, s, n):
-        return {k: v[s:s + n] for k, v in d.items()} if d else None
-
-    _sync(dev)
-    t0 = time.perf_counter()
-    den = m.denoiser
-    den.eval()
-    with torch.no_grad():
-        cond = {k: v.to(dev) for k, v in m.encode_prompts(texts).items()}
-        unc = {k: v.to(dev) for k, v in m.null_cond(B).items()} if g != 1.0 else None
-        bs = cfg.sampling.batch_size
-        for s in range(0, B, bs):
-            n = min(bs, B - s)
-            x = torch.randn((n, *shape), device=dev, dtype=mdtype)
-            for i in range(T):
-                tt = trainer.grid.model_time(torch.full((n,), i)).to(dev)
-                m.predict_guided(x, tt, rows(cond, s, n), rows(unc, s, n), g)
-            m.decode(x)
-    den.train()
-    for _ in range(t.inner_epochs):
-        mb = t.train_batch_size
-        for s in range(0, B, mb):
-            n = min(mb, B - s)
-            for _j in range(K):
-                x = torch.randn((n, *shape), device=dev, dtype=mdtype)
-                tt = trainer.grid.model_time(torch.randint(T, (n,))).to(dev)
-                out = m.predict_guided(x, tt, rows(cond, s, n), rows(unc, s, n), g)
-                out.float().square().mean().backward()
-                if kl:
-                    with torch.no_grad():
-                        trainer._ref_prediction(x, tt, rows(cond, s, n), rows(unc, s, n))
-    trainer.opt.zero_grad(set_to_none=True)
-    _sync(dev)
-    return time.perf_counter() - t0
+    return timed(trainer, 1, prompts=prompts, full_scale=True)
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Seconds per epoch per algorithm, the trainer's overhead, and peak memory.
 
 Overhead = epoch wall time / time of the same model calls alone: the same
-number of guided forward passes (rollout) and forward+backward passes
-(update) at the same batch sizes, on random inputs, with no sampler, reward,
-advantage, logging or optimizer work around them.  Target: <= 1.15.
+number of guided forward passes (rollout), forward+backward passes (update)
+and, with a KL term, reference forwards, at the same batch sizes, on random
+inputs, with no sampler, reward, advantage, logging or optimizer work around
+them.  Target: <= 1.15.
 
     python benchmarks/trainer_overhead.py [--model-dir DIR] [--epochs 3] [--algorithms ...]
 
@@ -22,8 +23,15 @@ from pathlib import Path
 import torch
 
 
-def model_only_time(trainer, epochs_measured: int) -> float:
-    """Time of the model calls an epoch of ``trainer`` makes, done alone."""
+def model_only_time(trainer, epochs_measured: int = 1, *, prompts: list[str] | None = None,
+                    full_scale: bool = False) -> float:
+    """Seconds per epoch of the model calls an epoch of ``trainer`` makes, done alone on random inputs.
+
+    The rollout's guided forwards in its micro-batches; per training micro-batch, K
+    forward+backward passes and, with a KL term, K reference forwards.  With
+    ``full_scale`` also what a full-scale epoch spends in the other networks: encoding
+    the prompts (and the empty prompt) and the VAE decode of the final latents.
+    """
     cfg = trainer.cfg
     m = trainer.model
     dev = trainer.acc.device
@@ -32,23 +40,40 @@ def model_only_time(trainer, epochs_measured: int) -> float:
     T = trainer.grid.num_steps
     K = trainer.trained_steps()
     g = trainer.st.guidance_scale
+    kl = trainer.st.kl_beta > 0
     shape = m.latent_shape()
-    cond = {k: v.to(dev) for k, v in m.encode_prompts(["a handwritten digit one"] * B).items()}
-    unc = {k: v.to(dev) for k, v in m.null_cond(B).items()} if g != 1.0 else None
-    mdtype = trainer.model.dtype
+    mdtype = m.dtype
+    prompts = prompts or ["a handwritten digit one"]
+    texts = [prompts[i % len(prompts)] for i in range(B)]
+
+    def encode():
+        with torch.no_grad():
+            cond = {k: v.to(dev) for k, v in m.encode_prompts(texts).items()}
+            unc = {k: v.to(dev) for k, v in m.null_cond(B).items()} if g != 1.0 else None
+        return cond, unc
+
+    def rows(d, s, n):
+        return {k: v[s:s + n] for k, v in d.items()} if d else None
+
+    cond, unc = encode()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     for _ in range(epochs_measured):
         den = m.denoiser
         den.eval()
         with torch.no_grad():  # rollout: T guided forwards over the batch
+            if full_scale:
+                cond, unc = encode()
             bs = cfg.sampling.batch_size
             for s in range(0, B, bs):
                 n = min(bs, B - s)
                 x = torch.randn((n, *shape), device=dev, dtype=mdtype)
                 for i in range(T):
                     tt = trainer.grid.model_time(torch.full((n,), i)).to(dev)
-                    m.predict_guided(x, tt, {k: v[s:s + n] for k, v in cond.items()},
-                                     {k: v[s:s + n] for k, v in unc.items()} if unc else None, g)
+                    m.predict_guided(x, tt, rows(cond, s, n), rows(unc, s, n), g)
+                if full_scale:
+                    m.decode(x)
         den.train()
         for _ in range(t.inner_epochs):  # update: K forward+backward per micro-batch
             mb = t.train_batch_size
@@ -57,12 +82,14 @@ def model_only_time(trainer, epochs_measured: int) -> float:
                 for _j in range(K):
                     x = torch.randn((n, *shape), device=dev, dtype=mdtype)
                     tt = trainer.grid.model_time(torch.randint(T, (n,))).to(dev)
-                    out = m.predict_guided(x, tt, {k: v[s:s + n] for k, v in cond.items()},
-                                           {k: v[s:s + n] for k, v in unc.items()} if unc else None, g)
+                    out = m.predict_guided(x, tt, rows(cond, s, n), rows(unc, s, n), g)
                     out.float().square().mean().backward()
+                    if kl:
+                        with torch.no_grad():
+                            trainer._ref_prediction(x, tt, rows(cond, s, n), rows(unc, s, n))
         trainer.opt.zero_grad(set_to_none=True)
     if dev.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
     return (time.perf_counter() - t0) / epochs_measured
 
 
@@ -71,8 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", help="folder with eps/ and flow/ tiny models (default: random, built here)")
     ap.add_argument("--config", default="config/tiny.yaml")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--algorithms", nargs="*", default=["ddpo:eps", "pcpo-ddpo:eps", "dancegrpo:flow",
-                                                         "pcpo-dancegrpo:flow", "flow_grpo:flow"])
+    ap.add_argument("--algorithms", nargs="*", metavar="ALGORITHM:eps|flow",
+                    default=["ddpo:eps", "pcpo-ddpo:eps", "dancegrpo:flow", "pcpo-dancegrpo:flow", "flow_grpo:flow",
+                             "pcpo-flow_grpo:flow"])
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -88,7 +116,10 @@ def main(argv=None) -> int:
     results = []
     print(f"{'algorithm':<22} {'model':<5} {'s/epoch':>8} {'model-only s':>12} {'overhead':>8} {'peak MB':>8}")
     for item in args.algorithms:
-        alg, fam = item.split(":")
+        alg, _, fam = item.partition(":")
+        if fam not in dirs:
+            ap.error(f"--algorithms: {item!r} names no tiny model; write ALGORITHM:eps or ALGORITHM:flow "
+                     "(for example pcpo-ddpo:eps dancegrpo:flow)")
         cfg = load_config(args.config, {
             "model": {"kind": f"tiny-{fam}", "path": str(dirs[fam])},
             "reward": {"name": "jpeg_incompressibility", "options": {}},
