@@ -113,7 +113,8 @@ def _save(fig, path: Path) -> Path:
 def _panels(df: pd.DataFrame):
     keys = sorted({(m, r) for m, r in zip(df["model"], df["reward"])})
     plt = _plt()
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.2 * max(1, len(keys)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.2 * max(1, len(keys)), 3.8), squeeze=False,
+                             layout="constrained")
     return fig, axes[0], keys
 
 
@@ -193,7 +194,7 @@ def plot_credit_weights(results: Path, path: Path) -> Path | None:
         return None
     models = sorted({m for m, _ in seen})
     plt = _plt()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), squeeze=False, layout="constrained")
     for ax, model in zip(axes[0], models):
         drawn_native = False
         for (m, alg), c in sorted(seen.items()):
@@ -218,7 +219,7 @@ def plot_credit_audit(audit: pd.DataFrame, path: Path) -> Path | None:
         return None
     models = sorted(audit["model"].unique())
     plt = _plt()
-    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 6.4), squeeze=False, layout="constrained")
     for j, model in enumerate(models):
         sub = audit[audit["model"] == model]
         for alg, g in sub.groupby("algorithm"):
