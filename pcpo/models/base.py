@@ -62,7 +62,9 @@ class ScheduleSpec:
 
     ``alphas_cumprod`` / ``final_alpha_cumprod`` / ``steps_offset`` describe a
     DDIM (epsilon) model's training schedule; ``shift`` the flow model's
-    time-grid shift ``s <- k s / (1 + (k - 1) s)``.
+    time-grid shift ``s <- k s / (1 + (k - 1) s)``; ``flow_spacing`` and
+    ``flow_span`` how its unshifted grid is spaced (see
+    :func:`pcpo.rollout.grid.flow_times`).
     """
 
     family: str  # "ddim" | "flow"
@@ -72,6 +74,8 @@ class ScheduleSpec:
     steps_offset: int = 1
     timestep_spacing: str = "leading"
     shift: float = 1.0
+    flow_spacing: str = "uniform"
+    flow_span: tuple[float, float] = (1.0, 0.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -25,9 +25,15 @@ the standard two-pass form with the empty prompt as negative.  The grid shift
 is the scheduler's ``shift`` (or FLUX-style ``exp(mu)`` if the config asks for
 dynamic shifting); option ``shift`` overrides it.
 
+Time grid (option ``time_grid``): ``pipeline`` (default) spaces the N steps as
+``StableDiffusion3Pipeline`` does, which is what Flow-GRPO samples SD3.5 with:
+``linspace(sigma_max, sigma_min, N)`` of the scheduler (1 and 0.003 for SD3.5),
+shifted, then a last step to 0 -- so the last step is short (0.009 -> 0 at
+shift 3).  ``uniform`` is ``linspace(1, 0, N + 1)`` shifted, DanceGRPO's grid.
+
 Options: those of :mod:`pcpo.models.sd` plus ``max_sequence_length`` (T5
-tokens, default 256 as in the pipeline), ``use_t5`` (default true) and
-``shift``.  Default CFG scale 4.5 (Flow-GRPO's and the SD3.5-M card's value).
+tokens, default 256 as in the pipeline), ``use_t5`` (default true), ``shift``
+and ``time_grid``.  Default CFG scale 4.5 (Flow-GRPO's and the SD3.5-M card's value).
 """
 from __future__ import annotations
 
@@ -59,7 +65,7 @@ class SD3Adapter(DiffusersAdapter):
     _denoiser_attr = "transformer"
 
     def __init__(self, path: str | os.PathLike, max_sequence_length: int = 256, use_t5: bool = True,
-                 shift: float | str | None = None, **options):
+                 shift: float | str | None = None, time_grid: str = "pipeline", **options):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -92,6 +98,7 @@ class SD3Adapter(DiffusersAdapter):
         self.latent_channels = int(self.transformer.config.in_channels)
         self.joint_attention_dim = int(self.transformer.config.joint_attention_dim)
         self.shift, self._shift_info = flow_shift(self.scheduler, (self.latent_size // patch) ** 2, shift)
+        self.time_grid, self._flow_span = self._time_grid(time_grid)
         if self._device_opt is not None:
             self.to(self._device_opt)
 
@@ -141,10 +148,24 @@ class SD3Adapter(DiffusersAdapter):
                           upcast=self._decode_upcast())
 
     # -- schedule --------------------------------------------------------
+    def _time_grid(self, time_grid: str) -> tuple[str, tuple[float, float]]:
+        if time_grid == "uniform":
+            return "uniform", (1.0, 0.0)
+        if time_grid != "pipeline":
+            raise ValueError(f"model.options.time_grid: must be 'pipeline' or 'uniform', got {time_grid!r}")
+        c = self.scheduler.config
+        for flag in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                     "invert_sigmas"):
+            if c.get(flag):
+                raise ValueError(f"model.options.time_grid: 'pipeline' reproduces the scheduler's shifted linear "
+                                 f"sigmas, but its config sets {flag}={c.get(flag)!r}; use time_grid: uniform")
+        return "pipeline", (float(self.scheduler.sigma_max), float(self.scheduler.sigma_min))
+
     def schedule(self) -> ScheduleSpec:
         return ScheduleSpec(family="flow", shift=float(self.shift),
                             num_train_timesteps=int(self.scheduler.config.num_train_timesteps),
-                            extra={"time_input": "1000*s", **self._shift_info})
+                            flow_spacing=self.time_grid, flow_span=self._flow_span,
+                            extra={"time_input": "1000*s", "time_grid": self.time_grid, **self._shift_info})
 
     # -- persistence -----------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -169,7 +190,8 @@ class SD3Adapter(DiffusersAdapter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update({"shift": self.shift, **self._shift_info, "t5": self.text_encoder_3 is not None,
-                  "max_sequence_length": self.max_sequence_length})
+                  "max_sequence_length": self.max_sequence_length, "time_grid": self.time_grid,
+                  "time_span": list(self._flow_span)})
         return d
 
 

@@ -140,21 +140,43 @@ def shift_times(s: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """s_0 = 1 > s_1 > ... > s_N = 0, linearly spaced then shifted (N + 1 points)."""
+FLOW_SPACINGS = ("uniform", "pipeline")
+
+
+def flow_times(steps: int, shift: float = 1.0, spacing: str = "uniform",
+               span: tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
+    """The N + 1 flow times s_0 > s_1 > ... > s_N = 0 of an N-step sampler.
+
+    ``uniform``: ``linspace(1, 0, N + 1)``, then shifted (DanceGRPO's grid).
+    ``pipeline``: ``linspace(span[0], span[1], N)`` shifted, then a final 0: what
+    diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps(N)`` does by default
+    (``span`` = the scheduler's ``sigma_max``, ``sigma_min``), which is the grid of
+    ``StableDiffusion3Pipeline`` and of Flow-GRPO's SD3.5 sampler.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return shift_times(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+    if spacing == "uniform":
+        return shift_times(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+    if spacing == "pipeline":
+        hi, lo = float(span[0]), float(span[1])
+        if not 0.0 < lo < hi <= 1.0:
+            raise ValueError(f"flow time span must satisfy 0 < end < start <= 1, got {span}")
+        s = shift_times(torch.linspace(hi, lo, steps, dtype=torch.float64), shift)
+        return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+    raise ValueError(f"flow time spacing must be one of {FLOW_SPACINGS}, got {spacing!r}")
 
 
-def flow_grid(steps: int, noise_level: float, form: str = "dance", shift: float = 1.0) -> SamplerGrid:
-    s_all = flow_times(steps, shift)
+def flow_grid(steps: int, noise_level: float, form: str = "dance", shift: float = 1.0, spacing: str = "uniform",
+              span: tuple[float, float] = (1.0, 0.0)) -> SamplerGrid:
+    s_all = flow_times(steps, shift, spacing, span)
     s, s_next = s_all[:-1], s_all[1:]
     s_max = float(s_all[1]) if steps > 1 else 0.5
     coef, std, _ = flow_coef_and_std(s, s_next, float(noise_level), form, s_max)
     sampler = {"dance": "flow-dance", "grpo": "flow-grpo"}[form]
-    return SamplerGrid(sampler, s, s_next, std, coef, noise_level=float(noise_level), s_max=s_max,
-                       info={"shift": float(shift)})
+    info = {"shift": float(shift), "spacing": spacing}
+    if spacing != "uniform":
+        info["span"] = [float(span[0]), float(span[1])]
+    return SamplerGrid(sampler, s, s_next, std, coef, noise_level=float(noise_level), s_max=s_max, info=info)
 
 
 def make_grid(
@@ -178,5 +200,6 @@ def make_grid(
     if sampler in ("flow-dance", "flow-grpo"):
         if spec.family != "flow":
             raise ValueError(f"sampler {sampler!r} needs a velocity (flow-family) model, got a {spec.family} model")
-        return flow_grid(steps, noise_level, form=sampler.split("-")[1], shift=spec.shift if shift is None else shift)
+        return flow_grid(steps, noise_level, form=sampler.split("-")[1], shift=spec.shift if shift is None else shift,
+                         spacing=spec.flow_spacing, span=spec.flow_span)
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")

@@ -222,7 +222,9 @@ def _pipeline_images(kind, folder, prompts, x_init, steps, scale):
     if kind == "sd1":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         return pipe(prompts, eta=0.0, **kw).images
-    # the rollout's grid linspace(1, 0, N + 1) shifted = the pipelines' sigmas linspace(1, 1/N, N) shifted, then 0
+    if kind == "sd3":  # the adapter's default time_grid "pipeline" is the pipeline's own default grid
+        return pipe(prompts, max_sequence_length=T5_LEN, **kw).images
+    # FLUX: the rollout's grid linspace(1, 0, N + 1) shifted = the pipeline's sigmas linspace(1, 1/N, N) shifted, then 0
     sig = np.linspace(1.0, 1.0 / steps, steps).tolist()
     return pipe(prompts, sigmas=sig, max_sequence_length=T5_LEN, **kw).images
 
@@ -271,6 +273,41 @@ def test_flux_packing_ids_and_shift():
         ours = flow_times(8, k)
         assert torch.allclose(sched.sigmas.double(), ours, atol=1e-6)
     assert flow_shift(sched, 16, 3)[0] == 3.0
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_pipeline_time_grid_equals_the_schedulers_default(shift):
+    """time_grid 'pipeline' = FlowMatchEulerDiscreteScheduler.set_timesteps(N) with no sigmas given
+    (StableDiffusion3Pipeline's and Flow-GRPO's grid), for any N; 'uniform' is a different grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pcpo.rollout import flow_times
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    span = (sched.sigma_max, sched.sigma_min)
+    for n in (1, 3, 10, 40):
+        sched.set_timesteps(n)
+        ours = flow_times(n, shift, "pipeline", span)
+        assert ours.shape == sched.sigmas.shape
+        assert torch.allclose(sched.sigmas.double(), ours, atol=1e-6), (n, sched.sigmas, ours)
+    if shift == 3.0:
+        assert float(flow_times(10, shift, "pipeline", span)[-2]) == pytest.approx(3 * 0.001 / (1 + 2 * 0.001) * 3
+                                                                                   / (1 + 2 * 0.003), rel=1e-2)
+        assert not torch.allclose(flow_times(10, shift), flow_times(10, shift, "pipeline", span))
+    with pytest.raises(ValueError, match="spacing"):
+        flow_times(4, shift, "karras")
+
+
+def test_sd3_time_grid_option(folders):
+    m = load("sd3", folders)
+    spec = m.schedule()
+    assert m.time_grid == "pipeline" and spec.flow_spacing == "pipeline"
+    assert spec.flow_span[0] == pytest.approx(1.0) and 0 < spec.flow_span[1] < 0.01
+    assert m.describe()["time_grid"] == "pipeline"
+    u = load("sd3", folders, time_grid="uniform")
+    assert u.schedule().flow_spacing == "uniform"
+    with pytest.raises(ValueError, match="model.options.time_grid"):
+        load("sd3", folders, time_grid="linear")
 
 
 def test_sd1_bfloat16_option_and_describe(folders):
