@@ -28,9 +28,11 @@ hpsv21         HPSv2.1: open_clip ViT-H-14 with the ``HPS_v2.1_compressed.pt`` c
 pickscore      PickScore: transformers ``CLIPModel`` ``yuvalkirstain/PickScore_v1`` with the processor of
                ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``; ``logit_scale.exp() * cos(image, text)`` (about
                20..23); option ``scale`` divides it (Flow-GRPO uses 26).
-imagereward    ImageReward (the ``image-reward`` package, BLIP based).  That package needs transformers 4.x
-               internals (``find_pruneable_heads_and_indices``) and pins ``timm==0.6.13``; where it does not
-               import, the factory raises :class:`RewardUnavailableError` saying so.
+imagereward    ImageReward: BLIP (ViT-L/16 + BERT cross-attending to it) and an MLP on the [CLS] state,
+               standardised by the package's mean/std; built on transformers' BLIP classes and loaded from
+               the original ``ImageReward.pt`` + ``med_config.json`` (``THUDM/ImageReward``) with BERT's
+               ``bert-base-uncased`` tokenizer.  (The ``image-reward`` package itself does not import
+               under transformers 5.)  Roughly -2..2.
 clipscore      CLIPScore (Hessel et al. 2021): ``w * max(cos(image, text), 0)`` with a transformers
                ``CLIPModel`` (default ``openai/clip-vit-large-patch14``).  ``w = 100`` by default (the
                torchmetrics convention, range 0..100); ``w: 2.5`` gives the paper's CLIP-S.
@@ -62,6 +64,7 @@ ENV = {
     "hps": "PCPO_HPS_CHECKPOINT",
     "pickscore_model": "PCPO_PICKSCORE_MODEL", "pickscore_processor": "PCPO_PICKSCORE_PROCESSOR",
     "imagereward": "PCPO_IMAGEREWARD_CHECKPOINT", "imagereward_med": "PCPO_IMAGEREWARD_MED_CONFIG",
+    "imagereward_tokenizer": "PCPO_IMAGEREWARD_TOKENIZER",
     "clipscore": "PCPO_CLIPSCORE_MODEL",
 }
 
@@ -382,56 +385,174 @@ def clipscore(model: str | None = None, w: float = 100.0, device=None, dtype=Non
 # ---------------------------------------------------------------------------
 # ImageReward
 # ---------------------------------------------------------------------------
+# ImageReward (Xu et al. 2023) is BLIP: a ViT image encoder whose output tokens a BERT text
+# encoder cross-attends to; the [CLS] state of the text goes through a 5-linear MLP (the
+# aesthetic head's shape, 768 wide) and is standardised with the training set's mean/std.
+# The `image-reward` package cannot be imported next to transformers 5, so the same network is
+# built here from transformers' BLIP classes (BlipVisionModel, BlipTextModel: ports of BLIP's
+# vit.py and med.py) and loaded from the original ImageReward.pt by renaming its keys.
 
-def _import_imagereward():
-    try:
-        import ImageReward as RM  # noqa: N813 - the package's own name
-    except Exception as e:  # noqa: BLE001 - ImportError, or AttributeError from incompatible transformers
-        raise RewardUnavailableError(
-            "reward imagereward: the `image-reward` package cannot be used here "
-            f"({type(e).__name__}: {e}). It pins timm==0.6.13 and imports transformers 4.x internals "
-            "(transformers.modeling_utils.find_pruneable_heads_and_indices) that transformers 5 removed; "
-            "run it in an environment with transformers<5 and `pip install image-reward`") from e
-    return RM
+IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072
+IMAGEREWARD_TOKENIZER = "bert-base-uncased"
+IMAGEREWARD_MAX_TOKENS = 35
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_VIT_TOP = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
+            "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+            "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+            "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}
+_VIT_BLOCK = {"norm1": "layer_norm1", "attn.qkv": "self_attn.qkv", "attn.proj": "self_attn.projection",
+              "norm2": "layer_norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+
+
+def imagereward_key(key: str) -> tuple[str, str] | None:
+    """Where a key of the original ``ImageReward.pt`` goes: ``(part, name)`` with part ``vision``
+    (a ``BlipVisionModel`` key), ``text`` (a ``BlipTextModel`` key) or ``head``; None for the
+    parts the score does not use (BLIP's projections and heads)."""
+    if key.startswith("mlp."):
+        return "head", key[len("mlp."):]
+    if key.startswith("blip.text_encoder."):
+        return "text", key[len("blip.text_encoder."):]
+    if key.startswith("blip.visual_encoder."):
+        k = key[len("blip.visual_encoder."):]
+        if k in _VIT_TOP:
+            return "vision", _VIT_TOP[k]
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            mod, _, leaf = rest.rpartition(".")
+            if mod in _VIT_BLOCK:
+                return "vision", f"encoder.layers.{i}.{_VIT_BLOCK[mod]}.{leaf}"
+        raise ValueError(f"reward imagereward: unexpected image-encoder key {key!r} in the checkpoint")
+    return None
+
+
+def build_imagereward(state: dict[str, torch.Tensor], med_config: dict, vision_heads: int | None = None):
+    """(vision, text, head) modules holding an ImageReward checkpoint's weights.
+
+    The vision transformer's width, depth, MLP width, patch and image size come from the
+    weights; its head count is ``width // 64`` (ViT-B and ViT-L) unless ``vision_heads`` is
+    given.  The text encoder is ``med_config`` (BLIP's BERT config) with its cross-attention
+    width set to the vision width, as BLIP does.
+    """
+    from transformers import BlipTextConfig, BlipVisionConfig
+    from transformers.models.blip.modeling_blip import BlipVisionModel
+    from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+    parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "head": {}}
+    for k, v in state.items():
+        where = imagereward_key(k)
+        if where is not None:
+            parts[where[0]][where[1]] = v
+    vis = parts["vision"]
+    need = ("embeddings.class_embedding", "embeddings.patch_embedding.weight", "encoder.layers.0.mlp.fc1.weight")
+    if any(n not in vis for n in need) or not parts["text"] or "layers.0.weight" not in parts["head"]:
+        raise ValueError("reward imagereward: the checkpoint is not an ImageReward state dict (expected keys "
+                         "blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*; got "
+                         f"{sorted(state)[:4]} ...)")
+    width = int(vis["embeddings.class_embedding"].shape[-1])
+    patch = int(vis["embeddings.patch_embedding.weight"].shape[-1])
+    grid = round((int(vis["embeddings.position_embedding"].shape[1]) - 1) ** 0.5)
+    depth = 1 + max(int(k.split(".")[2]) for k in vis if k.startswith("encoder.layers."))
+    heads = int(vision_heads or width // 64)
+    if heads < 1 or width % heads:
+        raise ValueError(f"reward imagereward: cannot infer the image encoder's head count for width {width}; "
+                         "pass reward.options.vision_heads")
+    vcfg = BlipVisionConfig(hidden_size=width, intermediate_size=int(vis["encoder.layers.0.mlp.fc1.weight"].shape[0]),
+                            num_hidden_layers=depth, num_attention_heads=heads,
+                            image_size=grid * patch, patch_size=patch, layer_norm_eps=1e-6, hidden_act="gelu")
+    mc = dict(med_config)
+    tcfg = BlipTextConfig(
+        vocab_size=int(mc.get("vocab_size", 30524)), hidden_size=int(mc.get("hidden_size", 768)),
+        encoder_hidden_size=width, intermediate_size=int(mc.get("intermediate_size", 3072)),
+        num_hidden_layers=int(mc.get("num_hidden_layers", 12)),
+        num_attention_heads=int(mc.get("num_attention_heads", 12)),
+        max_position_embeddings=int(mc.get("max_position_embeddings", 512)),
+        hidden_act=str(mc.get("hidden_act", "gelu")), layer_norm_eps=float(mc.get("layer_norm_eps", 1e-12)),
+        is_decoder=True,  # builds the cross-attention layers; the forward runs bidirectionally
+        pad_token_id=int(mc.get("pad_token_id", 0)), bos_token_id=None, eos_token_id=None, sep_token_id=None,
+    )
+    vision = BlipVisionModel(vcfg)
+    text = BlipTextModel(tcfg, add_pooling_layer=False)
+    head = AestheticHead(int(parts["head"]["layers.0.weight"].shape[1]))
+    for name, mod in (("image encoder", vision), ("text encoder", text), ("MLP head", head)):
+        missing, unexpected = mod.load_state_dict(parts[{"image encoder": "vision", "text encoder": "text",
+                                                         "MLP head": "head"}[name]], strict=False)
+        missing = [m for m in missing if not m.endswith("position_ids")]
+        unexpected = [u for u in unexpected if not u.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"reward imagereward: the checkpoint's {name} does not fit (missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]})")
+    return vision.eval().requires_grad_(False), text.eval().requires_grad_(False), head.eval().requires_grad_(False)
+
+
+def imagereward_pixels(u8: torch.Tensor, size: int) -> torch.Tensor:
+    """ImageReward's preprocessing of uint8 (B, 3, H, W): bicubic resize of the short side to
+    ``size`` (PIL), centre crop, [0, 1], CLIP mean/std normalisation."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                    T.Normalize(CLIP_IMAGE_MEAN, CLIP_IMAGE_STD)])
+    return torch.stack([tf(Image.fromarray(u8[i].permute(1, 2, 0).numpy())) for i in range(u8.shape[0])])
+
+
+def _imagereward_file(option, env, fname, what, local_only) -> str:
+    p = _pick(option, env, None)
+    if p is None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            p = hf_hub_download(IMAGEREWARD_REPO, fname, local_files_only=local_only)
+        except Exception as e:  # noqa: BLE001
+            raise _missing("imagereward", f"file {fname} of {IMAGEREWARD_REPO}", "not in the Hugging Face cache",
+                           what, env, e) from e
+    if not Path(p).is_file():
+        raise _missing("imagereward", f"file {p!r}", "no such file", what, env)
+    return str(p)
 
 
 @register_reward("imagereward")
-def imagereward(checkpoint: str | None = None, med_config: str | None = None, device=None,
-                local_files_only: bool | None = None, batch_size: int = 32):
-    """ImageReward score (normalised by the package's mean/std) of each (image, prompt) pair."""
-    RM = _import_imagereward()
-    from PIL import Image
+def imagereward(checkpoint: str | None = None, med_config: str | None = None, tokenizer: str | None = None,
+                device=None, dtype=None, local_files_only: bool | None = None, batch_size: int = 32,
+                vision_heads: int | None = None):
+    """ImageReward score of each (image, prompt) pair, standardised as the package does (about -2..2)."""
+    import json
+
+    from transformers import BertTokenizer
 
     local_only = _local_only(local_files_only)
-    paths = {}
-    for key, opt, env, fname in (("ckpt", checkpoint, ENV["imagereward"], IMAGEREWARD_FILE),
-                                 ("med", med_config, ENV["imagereward_med"], IMAGEREWARD_MED)):
-        p = _pick(opt, env, None)
-        if p is None:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                p = hf_hub_download(IMAGEREWARD_REPO, fname, local_files_only=local_only)
-            except Exception as e:  # noqa: BLE001
-                raise _missing("imagereward", f"file {fname} of {IMAGEREWARD_REPO}", "not in the Hugging Face cache",
-                               "checkpoint" if key == "ckpt" else "med_config", env, e,
-                               extra="; BLIP also needs bert-base-uncased's tokenizer in the cache") from e
-        if not Path(p).is_file():
-            raise _missing("imagereward", f"file {p!r}", "no such file",
-                           "checkpoint" if key == "ckpt" else "med_config", env)
-        paths[key] = p
-    dev = _device(device)
-    model = RM.load(paths["ckpt"], device=str(dev), med_config=paths["med"])
+    ckpt = _imagereward_file(checkpoint, ENV["imagereward"], IMAGEREWARD_FILE, "checkpoint", local_only)
+    med = _imagereward_file(med_config, ENV["imagereward_med"], IMAGEREWARD_MED, "med_config", local_only)
+    tok_name = _pick(tokenizer, ENV["imagereward_tokenizer"], IMAGEREWARD_TOKENIZER)
+    tok = _load_hf(BertTokenizer, tok_name, "imagereward", f"BERT tokenizer {tok_name!r}", "tokenizer",
+                   ENV["imagereward_tokenizer"], local_only)
+    if len(tok.get_vocab()) <= len(set(tok.all_special_tokens)):
+        # transformers 5 builds an empty tokenizer instead of failing when the files are absent
+        raise _missing("imagereward", f"BERT tokenizer {tok_name!r}", "no vocab.txt found locally or in the "
+                       "Hugging Face cache", "tokenizer", ENV["imagereward_tokenizer"])
+    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})  # as BLIP's tokenizer
+    vision, text, head = build_imagereward(load_state_file(ckpt), json.loads(Path(med).read_text()), vision_heads)
+    dev, dt = _device(device), _dtype(dtype)
+    vision, text, head = vision.to(dev, dt), text.to(dev, dt), head.to(dev)
+    size = int(vision.config.image_size)
+    bs = int(batch_size)
 
     @torch.no_grad()
     def fn(images, prompts, metadata=None):
         u8 = to_uint8(images)
         prompts = _check_prompts(prompts, u8.shape[0], "imagereward")
         out = []
-        for i in range(u8.shape[0]):
-            img = Image.fromarray(u8[i].permute(1, 2, 0).numpy())
-            out.append(float(model.score(prompts[i], [img])))
-        r = torch.tensor(out, dtype=torch.float32)
+        for sl in _chunks(u8.shape[0], bs):
+            px = imagereward_pixels(u8[sl], size).to(dev, dt)
+            img = vision(pixel_values=px).last_hidden_state
+            t = tok(prompts[sl], padding="max_length", truncation=True, max_length=IMAGEREWARD_MAX_TOKENS,
+                    return_tensors="pt")
+            txt = text(input_ids=t["input_ids"].to(dev), attention_mask=t["attention_mask"].to(dev),
+                       encoder_hidden_states=img,
+                       encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long, device=dev)).last_hidden_state
+            out.append(head(txt[:, 0].float()).squeeze(-1).float().cpu())
+        r = (torch.cat(out) - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
         return r, {"imagereward": r}
 
     return fn

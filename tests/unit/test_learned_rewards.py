@@ -33,7 +33,8 @@ def one_thread():
 def offline(monkeypatch):
     monkeypatch.delenv("PCPO_ALLOW_DOWNLOAD", raising=False)
     for v in ("PCPO_AESTHETIC_CLIP", "PCPO_AESTHETIC_HEAD", "PCPO_HPS_CHECKPOINT", "PCPO_PICKSCORE_MODEL",
-              "PCPO_PICKSCORE_PROCESSOR", "PCPO_CLIPSCORE_MODEL"):
+              "PCPO_PICKSCORE_PROCESSOR", "PCPO_CLIPSCORE_MODEL", "PCPO_IMAGEREWARD_CHECKPOINT",
+              "PCPO_IMAGEREWARD_MED_CONFIG", "PCPO_IMAGEREWARD_TOKENIZER"):
         monkeypatch.delenv(v, raising=False)
 
 
@@ -284,17 +285,112 @@ def test_aesthetic_missing_clip_is_named(tmp_path):
         get_reward("aesthetic", head=str(tmp_path / "h.pth"), clip="pcpo-test-org/no-such-clip")
 
 
-def test_imagereward_reports_why_it_is_unavailable():
-    from pcpo.rewards.learned import RewardUnavailableError, RewardWeightsError
+# ---------------------------------------------------------------------------
+# ImageReward on tiny BLIP modules
+# ---------------------------------------------------------------------------
 
-    try:
+IR_WORDS = ["a", "red", "blue", "cat", "dog", "two", "birds"]
+
+
+def _tiny_imagereward(tmp_path):
+    """Tiny BLIP vision/text modules and head with random weights, saved as an ImageReward.pt in
+    the original layout (BLIP's vit.py and med.py names), a med_config.json and a BERT tokenizer."""
+    from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig
+    from transformers.models.blip.modeling_blip import BlipVisionModel
+    from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+    from pcpo.rewards.learned import AestheticHead
+
+    (tmp_path / "tok").mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *IR_WORDS]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    vision = BlipVisionModel(BlipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                              num_attention_heads=2, image_size=IMG, patch_size=16,
+                                              layer_norm_eps=1e-6)).eval()
+    med = {"vocab_size": len(vocab) + 2, "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "intermediate_size": 32, "max_position_embeddings": 40, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+           "encoder_width": 16, "add_cross_attention": True}
+    text = BlipTextModel(BlipTextConfig(vocab_size=med["vocab_size"], hidden_size=24, encoder_hidden_size=16,
+                                        intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        max_position_embeddings=40, is_decoder=True), add_pooling_layer=False).eval()
+    head = AestheticHead(24).eval()
+    with torch.no_grad():
+        for mod in (vision, text, head):
+            for prm in mod.parameters():
+                prm.copy_(0.3 * torch.randn_like(prm))
+    # BLIP's own names (models/vit.py; med.py's BertModel keeps BERT's names, as BlipTextModel does)
+    v = vision.state_dict()
+    orig = {"blip.visual_encoder.cls_token": v["embeddings.class_embedding"],
+            "blip.visual_encoder.pos_embed": v["embeddings.position_embedding"],
+            "blip.visual_encoder.patch_embed.proj.weight": v["embeddings.patch_embedding.weight"],
+            "blip.visual_encoder.patch_embed.proj.bias": v["embeddings.patch_embedding.bias"],
+            "blip.visual_encoder.norm.weight": v["post_layernorm.weight"],
+            "blip.visual_encoder.norm.bias": v["post_layernorm.bias"],
+            "blip.vision_proj.weight": torch.randn(4, 16), "blip.text_proj.weight": torch.randn(4, 24)}
+    for i in range(2):
+        for blip_name, hf_name in (("norm1", "layer_norm1"), ("attn.qkv", "self_attn.qkv"),
+                                   ("attn.proj", "self_attn.projection"), ("norm2", "layer_norm2"),
+                                   ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for leaf in ("weight", "bias"):
+                orig[f"blip.visual_encoder.blocks.{i}.{blip_name}.{leaf}"] = v[f"encoder.layers.{i}.{hf_name}.{leaf}"]
+    orig.update({f"blip.text_encoder.{k}": t for k, t in text.state_dict().items()})
+    orig.update({f"mlp.{k}": t for k, t in head.state_dict().items()})
+    torch.save(orig, tmp_path / "ImageReward.pt")
+    (tmp_path / "med_config.json").write_text(json.dumps(med))
+    opts = {"checkpoint": str(tmp_path / "ImageReward.pt"), "med_config": str(tmp_path / "med_config.json"),
+            "tokenizer": str(tmp_path / "tok"), "device": "cpu", "vision_heads": 2}
+    return vision, text, head, opts
+
+
+def test_imagereward_equals_blip_forward_on_tiny_modules(tmp_path):
+    from PIL import Image
+    from torchvision import transforms as T
+    from transformers import BertTokenizer
+
+    from pcpo.rewards.learned import IMAGEREWARD_MEAN, IMAGEREWARD_STD
+
+    vision, text, head, opts = _tiny_imagereward(tmp_path)
+    x = images(4, size=40)
+    prompts = ["a red cat", "a blue dog", "two birds", "a cat"]
+    fn = get_reward("imagereward", **opts, batch_size=3)
+    r, info = fn(x, prompts)
+    assert r.shape == (4,) and torch.isfinite(r).all() and torch.equal(info["imagereward"], r)
+    # the reference: ImageReward's preprocessing and score() steps on the original modules
+    tf = T.Compose([T.Resize(IMG, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(IMG), T.ToTensor(),
+                    T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    u8 = (x * 255).round().to(torch.uint8)
+    tok = BertTokenizer.from_pretrained(opts["tokenizer"])
+    ref = []
+    with torch.no_grad():
+        for i in range(4):
+            px = tf(Image.fromarray(u8[i].permute(1, 2, 0).numpy())).unsqueeze(0)
+            emb = vision(pixel_values=px).last_hidden_state
+            t = tok(prompts[i], padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+            h = text(input_ids=t["input_ids"], attention_mask=t["attention_mask"], encoder_hidden_states=emb,
+                     encoder_attention_mask=torch.ones(emb.shape[:2], dtype=torch.long)).last_hidden_state
+            ref.append(((head(h[:, 0]) - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).item())
+    assert torch.allclose(r, torch.tensor(ref), atol=1e-5), (r, ref)
+    assert r.std() > 1e-3  # images and prompts matter: the check is not vacuous
+    r1, _ = get_reward("imagereward", **opts, batch_size=1)(x, prompts)
+    assert torch.allclose(r, r1, atol=1e-5)
+    r_other, _ = fn(x, ["two birds"] * 4)
+    assert not torch.allclose(r, r_other)
+
+
+def test_imagereward_errors_name_what_is_missing(tmp_path):
+    from pcpo.rewards.learned import RewardWeightsError
+
+    with pytest.raises(RewardWeightsError) as ei:
         get_reward("imagereward")
-    except RewardUnavailableError as e:  # the package does not import here (transformers 5)
-        assert "image-reward" in str(e)
-    except RewardWeightsError as e:  # it imports, but the checkpoint is not cached
-        assert "ImageReward.pt" in str(e) and "PCPO_IMAGEREWARD_CHECKPOINT" in str(e)
-    else:  # pragma: no cover - only with the weights cached
-        pytest.skip("ImageReward weights are available offline")
+    assert "ImageReward.pt" in str(ei.value) and "PCPO_IMAGEREWARD_CHECKPOINT" in str(ei.value)
+    _, _, head, opts = _tiny_imagereward(tmp_path)
+    with pytest.raises(RewardWeightsError, match="PCPO_IMAGEREWARD_TOKENIZER"):
+        get_reward("imagereward", **{**opts, "tokenizer": "pcpo-test-org/no-such-bert"})
+    torch.save(head.state_dict(), tmp_path / "head_only.pt")
+    with pytest.raises(ValueError, match="not an ImageReward state dict"):
+        get_reward("imagereward", **{**opts, "checkpoint": str(tmp_path / "head_only.pt")})
 
 
 def test_uint8_quantisation():
