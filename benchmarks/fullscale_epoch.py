@@ -269,22 +269,10 @@ def install_random_init_loader() -> None:
 
 def write_clip_tokenizer(folder: Path, max_length: int) -> int:
     """A byte-level BPE vocabulary in CLIP's file format; returns the vocabulary size."""
-    from tokenizers.pre_tokenizers import ByteLevel
+    from pcpo.models.tiny import write_tiny_clip_tokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in sorted(ByteLevel.alphabet()):
-            vocab[ch + suffix] = len(vocab)
-    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("o", "n</w>"), ("i", "n"), ("e", "r")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    return len(vocab)
+    return write_tiny_clip_tokenizer(folder, max_length, [("t", "h"), ("th", "e</w>"), ("a", "n"), ("o", "n</w>"),
+                                                          ("i", "n"), ("e", "r")])
 
 
 def write_t5_tokenizer(folder: Path, max_length: int) -> int:

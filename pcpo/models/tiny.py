@@ -249,4 +249,28 @@ def build_random_tiny(kind: str, out_dir: str | os.PathLike, seed: int = 0, size
     return commit_dir(tmp, out_dir)
 
 
-__all__ = ["TinyAdapter", "build_random_tiny", "merged_copy", "read_model_json", "LORA_TARGETS"]
+def write_tiny_clip_tokenizer(folder: str | os.PathLike, max_length: int,
+                              merges: list[tuple[str, str]]) -> int:
+    """A CLIPTokenizer folder (vocab.json, merges.txt, tokenizer_config.json) with a tiny vocabulary:
+    the two special tokens, every byte-level symbol with and without ``</w>``, and one token per
+    merge.  For randomly initialised stand-ins of CLIP text encoders; returns the vocabulary size."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for ch in sorted(ByteLevel.alphabet()):
+            vocab[ch + suffix] = len(vocab)
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": int(max_length), "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    return len(vocab)
+
+
+__all__ = ["TinyAdapter", "build_random_tiny", "merged_copy", "read_model_json", "write_tiny_clip_tokenizer",
+           "LORA_TARGETS"]

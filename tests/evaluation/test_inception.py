@@ -31,23 +31,7 @@ def _blobs(n, seed, size=32, lo=4, noise=0.0):
     return x.clamp(0, 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Results do not depend on it, but on a shared 2-core box 2 OpenMP threads are 5-20x slower
-    than 1 once other processes compete for the cores (measured); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pcpo_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PCPO_CACHE", str(d))
-        mp.delenv("PCPO_INCEPTION_WEIGHTS", raising=False)
-        yield d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

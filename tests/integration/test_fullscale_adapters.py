@@ -33,22 +33,10 @@ T5_LEN = 10
 
 def write_clip_tokenizer(folder, max_length: int = CLIP_LEN) -> None:
     """A byte-level BPE vocabulary in CLIP's file format (vocab.json + merges.txt)."""
-    from tokenizers.pre_tokenizers import ByteLevel
+    from pcpo.models.tiny import write_tiny_clip_tokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    alpha = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in alpha:
-            vocab[ch + suffix] = len(vocab)
     merges = [("r", "e"), ("re", "d</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    assert write_tiny_clip_tokenizer(folder, max_length, merges) == clip_vocab_size()
 
 
 def clip_vocab_size() -> int:
@@ -157,14 +145,7 @@ OPTIONS = {"sd1": {}, "flux": {"max_sequence_length": T5_LEN, "resolution": RES}
 SAMPLER = {"sd1": "ddim", "flux": "flow-dance", "sd3": "flow-grpo"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a loaded 2-core machine OpenMP's spinning
-    worker threads make them up to 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ MAX_LEN = 12
 IMG = 32  # the tiny CLIPs' input size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -48,22 +43,9 @@ def images(n=4, size=40, seed=0):
 
 def write_clip_tokenizer(folder) -> int:
     """CLIP's byte-level BPE file format with a tiny vocabulary; returns the vocabulary size."""
-    from tokenizers.pre_tokenizers import ByteLevel
+    from pcpo.models.tiny import write_tiny_clip_tokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in sorted(ByteLevel.alphabet()):
-            vocab[ch + suffix] = len(vocab)
-    merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LEN, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    return len(vocab)
+    return write_tiny_clip_tokenizer(folder, MAX_LEN, [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")])
 
 
 @pytest.fixture(scope="module")

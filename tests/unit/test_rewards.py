@@ -7,13 +7,7 @@ import torch
 from pcpo.rewards import get_reward, reward_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are minute: one thread is fastest and immune to a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _noise(n=2, c=1, size=16, seed=0):

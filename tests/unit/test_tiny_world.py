@@ -12,13 +12,7 @@ from pcpo.tiny.pretrain import TinyPretrainConfig, pretrain
 from pcpo.tiny.text import build_text_encoder, build_tokenizer, encode_text, tokenize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are minute: one thread is fastest and immune to a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- data
