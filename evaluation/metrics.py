@@ -193,7 +193,7 @@ def inception_features(images: ImagesLike, batch_size: int = 32, device="cpu",
                 computed[i] = f[j]
                 if memo is not None:
                     memo[keys[i]] = f[j]
-    if not computed and n == 0:
+    if n == 0:
         return torch.empty((0, 2048), dtype=torch.float32)
     return torch.stack([computed[i] if i in computed else memo[keys[i]] for i in range(n)])
 
@@ -782,14 +782,15 @@ def diversity(
         for i, u in zip(idx, key_of):
             first.setdefault(u, i)
         u_idx = [first[u] for u in range(len(uniq))]
+        u_keys = list(uniq)  # image key of each unique input, in the order of u_idx
         feats: List[List[torch.Tensor]] = []
         for s in range(0, len(u_idx), batch_size):
             layers = dist.features(prepared[u_idx[s : s + batch_size]])
             for j in range(layers[0].shape[0]):
                 feats.append([lay[j] for lay in layers])
             if memo is not None and isinstance(dist, _InceptionFeatureDistance):
-                for j, i in enumerate(u_idx[s : s + batch_size]):
-                    memo[_image_key(prepared[i])] = dist.last_pool3[j]
+                for j in range(layers[0].shape[0]):
+                    memo[u_keys[s + j]] = dist.last_pool3[j]
         cache: Dict[Tuple[int, int], float] = {}
         vals = []
         for a in range(len(idx)):

@@ -286,19 +286,25 @@ def aesthetic(clip: str | None = None, head: str | None = None, device=None, dty
 # HPSv2.1 (open_clip)
 # ---------------------------------------------------------------------------
 
-def _resolve_hps_checkpoint(checkpoint: str | None, local_only: bool) -> str:
-    path = _pick(checkpoint, ENV["hps"], None)
+def _hub_file(reward: str, path: str | None, env: str, repo: str, fname: str, option: str, label: str,
+              local_only: bool) -> str:
+    """A weights file: ``path`` (the option, else ``env``) when given, else ``fname`` of ``repo`` from the
+    Hugging Face cache; a missing one raises :class:`RewardWeightsError` naming ``option`` and ``env``."""
+    path = _pick(path, env, None)
     if path is not None:
         if not Path(path).is_file():
-            raise _missing("hpsv21", f"checkpoint {path!r}", "no such file", "checkpoint", ENV["hps"])
-        return path
+            raise _missing(reward, f"{label} {path!r}", "no such file", option, env)
+        return str(path)
     try:
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(HPS_REPO, HPS_FILE, local_files_only=local_only)
+        return hf_hub_download(repo, fname, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 - every hub failure means the same thing here
-        raise _missing("hpsv21", f"checkpoint {HPS_FILE} of {HPS_REPO}", "not in the Hugging Face cache",
-                       "checkpoint", ENV["hps"], e) from e
+        raise _missing(reward, f"{label} {fname} of {repo}", "not in the Hugging Face cache", option, env, e) from e
+
+
+def _resolve_hps_checkpoint(checkpoint: str | None, local_only: bool) -> str:
+    return _hub_file("hpsv21", checkpoint, ENV["hps"], HPS_REPO, HPS_FILE, "checkpoint", "checkpoint", local_only)
 
 
 @register_reward("hpsv21")
@@ -475,9 +481,9 @@ def build_imagereward(state: dict[str, torch.Tensor], med_config: dict, vision_h
     vision = BlipVisionModel(vcfg)
     text = BlipTextModel(tcfg, add_pooling_layer=False)
     head = AestheticHead(int(parts["head"]["layers.0.weight"].shape[1]))
-    for name, mod in (("image encoder", vision), ("text encoder", text), ("MLP head", head)):
-        missing, unexpected = mod.load_state_dict(parts[{"image encoder": "vision", "text encoder": "text",
-                                                         "MLP head": "head"}[name]], strict=False)
+    for name, mod, part in (("image encoder", vision, "vision"), ("text encoder", text, "text"),
+                            ("MLP head", head, "head")):
+        missing, unexpected = mod.load_state_dict(parts[part], strict=False)
         missing = [m for m in missing if not m.endswith("position_ids")]
         unexpected = [u for u in unexpected if not u.endswith("position_ids")]
         if missing or unexpected:
@@ -497,21 +503,6 @@ def imagereward_pixels(u8: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([tf(Image.fromarray(u8[i].permute(1, 2, 0).numpy())) for i in range(u8.shape[0])])
 
 
-def _imagereward_file(option, env, fname, what, local_only) -> str:
-    p = _pick(option, env, None)
-    if p is None:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            p = hf_hub_download(IMAGEREWARD_REPO, fname, local_files_only=local_only)
-        except Exception as e:  # noqa: BLE001
-            raise _missing("imagereward", f"file {fname} of {IMAGEREWARD_REPO}", "not in the Hugging Face cache",
-                           what, env, e) from e
-    if not Path(p).is_file():
-        raise _missing("imagereward", f"file {p!r}", "no such file", what, env)
-    return str(p)
-
-
 @register_reward("imagereward")
 def imagereward(checkpoint: str | None = None, med_config: str | None = None, tokenizer: str | None = None,
                 device=None, dtype=None, local_files_only: bool | None = None, batch_size: int = 32,
@@ -522,8 +513,10 @@ def imagereward(checkpoint: str | None = None, med_config: str | None = None, to
     from transformers import BertTokenizer
 
     local_only = _local_only(local_files_only)
-    ckpt = _imagereward_file(checkpoint, ENV["imagereward"], IMAGEREWARD_FILE, "checkpoint", local_only)
-    med = _imagereward_file(med_config, ENV["imagereward_med"], IMAGEREWARD_MED, "med_config", local_only)
+    ckpt = _hub_file("imagereward", checkpoint, ENV["imagereward"], IMAGEREWARD_REPO, IMAGEREWARD_FILE, "checkpoint",
+                     "file", local_only)
+    med = _hub_file("imagereward", med_config, ENV["imagereward_med"], IMAGEREWARD_REPO, IMAGEREWARD_MED,
+                    "med_config", "file", local_only)
     tok_name = _pick(tokenizer, ENV["imagereward_tokenizer"], IMAGEREWARD_TOKENIZER)
     tok = _load_hf(BertTokenizer, tok_name, "imagereward", f"BERT tokenizer {tok_name!r}", "tokenizer",
                    ENV["imagereward_tokenizer"], local_only)
