@@ -113,8 +113,6 @@ CLIP_VIT_H14 = dict(  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K (HPSv2.1 and PickS
 )
 IMAGEREWARD_PARAMS = 447_000_000  # BLIP ViT-L + BERT-base text encoder + MLP (not rebuilt here)
 
-SD_LORA = ["to_q", "to_k", "to_v", "to_out.0"]
-FLOW_LORA = SD_LORA + ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -233,9 +231,13 @@ def reward_params(reward: str) -> int:
 def add_lora(den: torch.nn.Module, model: str, rank: int) -> None:
     from peft import LoraConfig
 
+    from pcpo.models.flux import FLUX_LORA_TARGETS
+    from pcpo.models.sd import SD_LORA_TARGETS
+    from pcpo.models.sd3 import SD3_LORA_TARGETS
+
+    targets = {"sd1": SD_LORA_TARGETS, "flux": FLUX_LORA_TARGETS, "sd3": SD3_LORA_TARGETS}[model]
     den.requires_grad_(False)
-    den.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                               target_modules=SD_LORA if model == "sd1" else FLOW_LORA))
+    den.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
     for p in den.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -69,12 +69,14 @@ def write_table(df: pd.DataFrame, out: Path, name: str, caption: str) -> list[Pa
 def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int = 3) -> pd.DataFrame:
     rows = []
     for keys, g in curves.groupby(GROUP_KEYS):
-        per_seed_first, per_seed_last, clip = [], [], []
+        per_seed_first, per_seed_last, clip, inactive = [], [], [], []
         for _, s in g.groupby("seed"):
             s = s.sort_values("epoch")
             per_seed_first.append(float(s["reward_mean"].head(min(last_k, len(s))).mean()))
             per_seed_last.append(float(s["reward_mean"].tail(min(last_k, len(s))).mean()))
             clip.append(float(s["clipfrac"].mean()))
+            if "clipfrac_inactive" in s:
+                inactive.append(float(s["clipfrac_inactive"].mean()))
         first, _, _ = bootstrap_ci(per_seed_first)
         last, lo, hi = bootstrap_ci(per_seed_last)
         c, clo, chi = bootstrap_ci(clip)
@@ -82,6 +84,8 @@ def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int =
         row.update({"seeds": len(per_seed_last), "train_reward_first3": first, "train_reward_last3": last,
                     "last3_ci_low": lo, "last3_ci_high": hi, "gain": last - first,
                     "clipfrac_mean": c, "clipfrac_ci_low": clo, "clipfrac_ci_high": chi})
+        if inactive:
+            row["clipfrac_inactive_mean"] = bootstrap_ci(inactive)[0]
         if not points.empty:
             p = points[(points["model"] == keys[0]) & (points["reward"] == keys[1]) & (points["algorithm"] == keys[2])]
             if len(p):
@@ -230,7 +234,7 @@ def plot_credit_audit(audit: pd.DataFrame, path: Path) -> Path | None:
             axes[1][j].plot(clip.index, clip.values, st, ms=3, label=alg)
         axes[0][j].set_title(f"credit audit · {model}")
         axes[0][j].set_ylabel("share of gradient norm\n(at the network output)")
-        axes[1][j].set_ylabel("clip fraction")
+        axes[1][j].set_ylabel("clip fraction |ρ−1| > ξ")
         axes[1][j].set_xlabel("sampling step (noise → data)")
         for a in axes[:, j]:
             a.grid(alpha=0.3)
@@ -304,7 +308,11 @@ def build_report(results: str | Path, config: dict) -> Path:
 
     plots = [
         ("Reward against epoch", plot_curves(curves, "reward_mean", "training reward", out / "reward_vs_epoch.png", "Training reward")),
-        ("Clip fraction against epoch", plot_curves(curves, "clipfrac", "clip fraction", out / "clipfrac_vs_epoch.png", "Clip fraction")),
+        ("Clip fraction against epoch", plot_curves(curves, "clipfrac", "clip fraction |ρ−1| > ξ", out / "clipfrac_vs_epoch.png",
+                                                    "Clip fraction as the references log it (|ρ−1| > ξ, two-sided)")),
+        ("Inactive fraction against epoch", plot_curves(curves, "clipfrac_inactive", "share with zero gradient",
+                                                        out / "clipfrac_inactive_vs_epoch.png",
+                                                        "Share of sample-steps whose gradient the clip or hinge removed")),
         ("Collapse: FID against reward", plot_collapse(points, "fid", out / "collapse_fid.png", "FID (lower is better)")),
         ("Collapse: KID against reward", plot_collapse(points, "kid", out / "collapse_kid.png", "KID (lower is better)")),
         ("Collapse: diversity against reward", plot_collapse(points, "diversity", out / "collapse_diversity.png", "diversity (higher is more diverse)")),

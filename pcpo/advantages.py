@@ -15,19 +15,32 @@ def _std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
 
 
 class PerPromptStatTracker:
-    """Normalise rewards per prompt with a running buffer of that prompt's rewards.
+    """Normalise rewards per prompt with a buffer of that prompt's rewards.
 
-    Until a prompt has ``min_count`` rewards in its buffer, the batch's mean and
-    std are used instead (DDPO's fallback).  ``buffer_size`` caps each buffer.
+    DDPO (``ddpo_pytorch/stat_tracking.py``): a running buffer of the last
+    ``buffer_size`` rewards per prompt, kept across epochs; until a prompt has
+    ``min_count`` rewards the batch's mean and std are used instead.
+
+    Flow-GRPO (``flow_grpo/stat_tracking.py`` with ``global_std=True``, cleared by
+    ``stat_tracker.clear()`` every epoch): ``history=False`` empties the buffers
+    after every update, so the mean is over this epoch's samples of the prompt;
+    ``global_std=True`` divides by the std of all of the epoch's rewards instead
+    of the prompt's.  ``buffer_size=None`` keeps every reward.
+
+    The std is the population std (numpy's default, ``unbiased=False``); ``eps`` is
+    added to it.
     """
 
-    def __init__(self, buffer_size: int = 32, min_count: int = 16, eps: float = 1e-6, unbiased: bool = False):
-        if buffer_size < 1 or min_count < 1:
-            raise ValueError("buffer_size and min_count must be >= 1")
+    def __init__(self, buffer_size: int | None = 32, min_count: int = 16, eps: float = 1e-6, unbiased: bool = False,
+                 global_std: bool = False, history: bool = True):
+        if (buffer_size is not None and buffer_size < 1) or min_count < 1:
+            raise ValueError("buffer_size (or None) and min_count must be >= 1")
         self.buffer_size = buffer_size
         self.min_count = min_count
         self.eps = eps
         self.unbiased = unbiased
+        self.global_std = global_std
+        self.history = history
         self.buffers: dict[str, deque] = {}
 
     def update(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,11 @@ class PerPromptStatTracker:
             else:
                 hist = torch.tensor(list(buf), dtype=torch.float64)
                 mean, std = hist.mean(), _std(hist, self.unbiased)
+            if self.global_std:
+                std = batch_std
             adv[idx] = (r[idx] - mean) / (std + self.eps)
+        if not self.history:
+            self.buffers = {}
         return adv.to(torch.float32)
 
     def stats(self) -> dict:

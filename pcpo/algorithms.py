@@ -20,11 +20,35 @@ import importlib
 import pkgutil
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from pcpo.advantages import ADVANTAGE_SCHEMES
-from pcpo.objectives import FORMS, OBJECTIVES
+from pcpo.objectives import FORMS, KL_FORMS, OBJECTIVES
 from pcpo.registry import Registry
 from pcpo.rollout.grid import SAMPLERS
+from pcpo.trained_steps import STEP_SELECTORS
+
+CFG_GRADS = ("both", "cond_only")
+PROMPT_DRAWS = ("per_group", "per_sample")
+EMA_UNITS = ("batch", "epoch")
+FAMILIES = ("ddim", "flow")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What the authors' code does for one setting, and where.
+
+    ``value`` is the reference's value (``None`` where it has no counterpart);
+    ``source`` names the file and function (and quotes the line where short);
+    ``deliberate`` marks a default of ours that differs on purpose, with the
+    reason in ``note``.  Recipe cards (``pcpo algorithms --show NAME``) are
+    generated from these, so they cannot drift from the registered framework.
+    """
+
+    value: Any
+    source: str
+    note: str = ""
+    deliberate: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,18 +70,46 @@ class Framework:
     objective: str = "ppo_clip"
     objective_form: str = "ratio"
     clip_range: float = 1e-4
-    #: fraction of each trajectory's steps trained, drawn at random per sample
+    #: fraction of each trajectory's steps trained (how it is applied: ``step_selection``)
     timestep_fraction: float = 1.0
+    #: which steps are trained: a rule of :mod:`pcpo.trained_steps` (random | random_but_last | first)
+    step_selection: str = "random"
+    #: gradient through classifier-free guidance in the training forward: both branches,
+    #: or the conditional one only (the unconditional prediction detached, as Flow-GRPO)
+    cfg_grad: str = "both"
+    #: how a sample's prompt is drawn: one prompt per group of group_size images
+    #: (GRPO), or an i.i.d. prompt for every sample (DDPO)
+    prompt_draw: str = "per_group"
     #: whether the G images of one prompt share their initial noise
     share_initial_noise: bool = False
     #: KL penalty to the reference model (closed form on the step means)
     kl_beta: float = 0.0
+    #: ``gaussian``: |mu - mu_ref|^2 / (2 std^2) with the step std (the exact KL of the two
+    #: step Gaussians); ``flow_grpo``: the same over sigma~(s)^2 = std^2 / ds, Flow-GRPO's code
+    kl_form: str = "gaussian"
+    #: EMA of the trained weights (None: off); used for evaluation and checkpoints' ema file
+    ema_decay: float | None = None
+    #: Flow-GRPO's warm-up: decay min((1 + n) / (10 + n), ema_decay) at the n-th update
+    ema_warmup: bool = False
+    #: optimizer steps between EMA updates
+    ema_every: int = 1
+    #: when the EMA is stepped: "batch", after every training micro-batch with the optimizer-step
+    #: count (Flow-GRPO's rule); "epoch", once after each epoch's update (DanceGRPO's FSDP_EMA)
+    ema_unit: str = "batch"
     #: PCPO's proportional credit
     proportional: bool = False
     #: name of the framework this one was derived from (PCPO transform)
     base: str | None = None
     #: training defaults a config may override (e.g. {"max_grad_norm": 1.0})
     defaults: dict = field(default_factory=dict)
+    #: field values that differ by model family, e.g. {"ddim": {"timestep_fraction": 1.0}}
+    per_family: dict = field(default_factory=dict)
+    #: the authors' value and source of each field ({field: Ref}, or "ddim.field" for a
+    #: per-family value); read by the recipe card, never by the trainer
+    references: dict = field(default_factory=dict, compare=False, repr=False)
+    #: paper configs that run this framework at full scale, and the reference's value of each
+    #: of their settings: {"config/paper/x.yaml": {"train.lr": Ref(...)}}
+    config_references: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if not self.samplers:
@@ -71,6 +123,25 @@ class Framework:
             raise ValueError(f"framework {self.name!r}: bad objective {self.objective!r}/{self.objective_form!r}")
         if not 0 < self.timestep_fraction <= 1:
             raise ValueError(f"framework {self.name!r}: timestep_fraction must be in (0, 1]")
+        if self.step_selection not in STEP_SELECTORS:
+            raise ValueError(f"framework {self.name!r}: step_selection must be one of {STEP_SELECTORS.names()}")
+        for fname, val, allowed in (("cfg_grad", self.cfg_grad, CFG_GRADS), ("prompt_draw", self.prompt_draw, PROMPT_DRAWS),
+                                    ("kl_form", self.kl_form, KL_FORMS),
+                                    ("ema_unit", self.ema_unit, EMA_UNITS)):
+            if val not in allowed:
+                raise ValueError(f"framework {self.name!r}: {fname} must be one of {allowed}, got {val!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"framework {self.name!r}: ema_decay must be in (0, 1) or None")
+        if self.ema_every < 1:
+            raise ValueError(f"framework {self.name!r}: ema_every must be >= 1")
+        known = {f.name for f in dataclasses.fields(self)} - {"name", "base", "description", "per_family",
+                                                              "references", "config_references", "samplers"}
+        for fam, over in self.per_family.items():
+            if fam not in FAMILIES or not isinstance(over, dict):
+                raise ValueError(f"framework {self.name!r}: per_family keys must be {FAMILIES} with mappings")
+            bad = sorted(set(over) - known)
+            if bad:
+                raise ValueError(f"framework {self.name!r}: per_family.{fam}.{bad[0]} is not a framework field")
 
     def sampler_for(self, family: str) -> str:
         if family not in self.samplers:
@@ -79,8 +150,16 @@ class Framework:
             )
         return self.samplers[family]
 
+    def for_family(self, family: str) -> "Framework":
+        """This framework with its ``per_family`` values for ``family`` applied."""
+        self.sampler_for(family)
+        over = self.per_family.get(family) or {}
+        return dataclasses.replace(self, **over, per_family={}) if over else self
+
     def summary(self) -> dict:
         d = dataclasses.asdict(self)
+        d.pop("references", None)
+        d.pop("config_references", None)
         return d
 
 

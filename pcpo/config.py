@@ -71,8 +71,14 @@ class LoraConfig:
 
 @dataclass
 class EmaConfig:
-    enabled: bool = False
-    decay: float = 0.9
+    """EMA of the trained weights; every ``None`` falls back to the framework's
+    (``Framework.ema_decay``/``ema_warmup``/``ema_every``: Flow-GRPO's EMA is on by default)."""
+
+    enabled: bool | None = None
+    decay: float | None = None
+    warmup: bool | None = None
+    update_every: int | None = None
+    unit: str | None = None  # batch | epoch
 
 
 @dataclass
@@ -204,7 +210,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Train
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"--config: {p} is not valid YAML: {e}") from e
+            raise ConfigError(f"--config: {yaml_error_line(p, e)}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"--config: {p} must hold a mapping at the top level")
     if overrides:
@@ -212,6 +218,16 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Train
     cfg = from_dict(TrainingConfig, data)
     validate(cfg)
     return cfg
+
+
+def yaml_error_line(path: str | Path, err: "yaml.YAMLError") -> str:
+    """One line for a YAML syntax error: the file, line and column, what is wrong, the fix."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    what = getattr(err, "problem", None) or str(err).splitlines()[0]
+    ctx = getattr(err, "context", None)
+    return (f"{where}: not valid YAML ({what}{'; ' + ctx if ctx else ''}); fix the syntax there "
+            "(indentation, a missing ':' or closing bracket)")
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -257,6 +273,49 @@ def validate(cfg: TrainingConfig) -> None:
         )
     if cfg.lora.enabled:
         positive("lora.rank", cfg.lora.rank)
+    if cfg.ema.decay is not None and not 0 < cfg.ema.decay < 1:
+        raise ConfigError(f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
+    positive("ema.update_every", cfg.ema.update_every)
+    if cfg.ema.unit not in (None, "batch", "epoch"):
+        raise ConfigError(f"ema.unit: must be 'batch' or 'epoch', got {cfg.ema.unit!r}")
+
+
+def batch_arithmetic(cfg: TrainingConfig, world: int, sampler_steps: int, trained_steps: int) -> dict:
+    """What one epoch runs on ``world`` processes, or a ConfigError naming the field.
+
+    Every number is what the trainer executes: samples are split evenly over the
+    processes in whole groups, each process runs ``micro_batches_per_process``
+    micro-batches of ``train_batch_size`` and steps the optimizer after every
+    ``gradient_accumulation`` of them, with no partial accumulation at the end.
+    """
+    t = cfg.train
+    samples = t.prompts_per_epoch * t.group_size
+    if world < 1:
+        raise ValueError(f"world size must be >= 1, got {world}")
+    if t.prompts_per_epoch % world:
+        raise ConfigError(f"train.prompts_per_epoch: {t.prompts_per_epoch} groups cannot be split evenly over "
+                          f"{world} processes (each process must see whole groups); use a multiple of {world}")
+    per_proc = samples // world
+    if per_proc % t.train_batch_size:
+        raise ConfigError(f"train.train_batch_size: {per_proc} samples per process ({samples} over {world}) are not a "
+                          f"multiple of train_batch_size = {t.train_batch_size}; change train.train_batch_size or "
+                          "train.prompts_per_epoch")
+    micro = per_proc // t.train_batch_size
+    if micro % t.gradient_accumulation:
+        raise ConfigError(f"train.gradient_accumulation: {micro} micro-batches per process per inner epoch are not a "
+                          f"multiple of gradient_accumulation = {t.gradient_accumulation}, so the last optimizer step "
+                          "would see a partial accumulation; change train.gradient_accumulation or train.train_batch_size")
+    steps_inner = micro // t.gradient_accumulation
+    return {
+        "samples_per_epoch": samples, "groups": t.prompts_per_epoch, "group_size": t.group_size,
+        "processes": world, "samples_per_process": per_proc,
+        "sampler_steps": sampler_steps, "trained_steps_per_sample": trained_steps,
+        "micro_batch": t.train_batch_size, "gradient_accumulation": t.gradient_accumulation,
+        "micro_batches_per_process": micro,
+        "samples_per_optimizer_step": t.train_batch_size * t.gradient_accumulation * world,
+        "optimizer_steps_per_epoch": steps_inner * t.inner_epochs, "inner_epochs": t.inner_epochs,
+        "forward_backward_sample_steps_per_epoch": samples * trained_steps * t.inner_epochs,
+    }
 
 
 def config_to_dict(cfg) -> dict:

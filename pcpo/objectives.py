@@ -22,6 +22,8 @@ from pcpo.rollout.steps import _bcast, matching_log_ratio, reduce_dims
 
 OBJECTIVES = ("ppo_clip", "log_hinge")
 FORMS = ("ratio", "matching")
+#: ``gaussian``: the exact KL of the two step Gaussians; ``flow_grpo``: Flow-GRPO's code
+KL_FORMS = ("gaussian", "flow_grpo")
 
 
 def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float):
@@ -63,6 +65,35 @@ def gaussian_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tens
     """KL(N(mean, std^2) || N(ref_mean, std^2)) = |mean - ref_mean|^2 / (2 std^2), reduced per sample."""
     s = _bcast(std.to(mean.dtype), mean)
     return reduce_dims((mean - ref_mean) ** 2 / (2 * s**2), reduction)
+
+
+def step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, step_std: torch.Tensor, sde_sigma: torch.Tensor,
+            form: str = "gaussian", reduction: str = "mean") -> torch.Tensor:
+    """Per-sample KL penalty between the policy's and the reference's step means.
+
+    ``gaussian``: ``|mu - mu_ref|^2 / (2 std^2)`` with the step std, the exact KL of
+    ``N(mu, std^2)`` and ``N(mu_ref, std^2)``.  ``flow_grpo``: the same over
+    ``2 sigma~(s)^2``, the SDE's noise-level sigma without the ``sqrt(ds)`` of the
+    step (``scripts/train_sd3.py``: ``kl_loss = ((prev_sample_mean - prev_sample_mean_ref)
+    ** 2).mean(...) / (2 * std_dev_t ** 2)``), i.e. the exact KL times ``ds``.
+    """
+    if form == "gaussian":
+        return gaussian_mean_kl(mean, ref_mean, step_std, reduction)
+    if form == "flow_grpo":
+        return gaussian_mean_kl(mean, ref_mean, sde_sigma, reduction)
+    raise ValueError(f"kl_form must be one of {KL_FORMS}, got {form!r}")
+
+
+def clip_fractions(log_ratio: torch.Tensor, inactive: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element indicators of the two clip fractions that get logged.
+
+    ``outside``: ``|rho - 1| > xi``, two-sided, what DDPO, DanceGRPO and Flow-GRPO
+    log as ``clipfrac``; ``inactive``: the objective's gradient is zero (the clip or
+    the hinge removed it on the side the advantage pushes), the paper's clip fraction.
+    """
+    with torch.no_grad():
+        outside = (torch.exp(log_ratio.detach()) - 1.0).abs() > clip_range
+    return outside, inactive
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ def _sample(args) -> int:
     kind = args.model_kind or (cfg.model.kind if cfg else None)
     path = args.model_path or (cfg.model.path if cfg else None)
     meta = read_meta(args.checkpoint) if args.checkpoint else {}
+    use_ema = _wants_ema(meta, args)
     if args.checkpoint:
         kind, path = meta["model"]["kind"], args.model_path or meta["model"]["path"]
     if not kind or not path:
@@ -77,11 +78,11 @@ def _sample(args) -> int:
             ck, _, lam = spec.rpartition(":")
             if not ck:
                 raise UserError(f"--irg: expected CHECKPOINT:LAMBDA, got {spec!r}")
-            models.append((load_policy(ck, device, use_ema=args.ema), float(lam)))
+            models.append((load_policy(ck, device, use_ema=_wants_ema(read_meta(ck), args)), float(lam)))
         adapter = base
         predict_fn = ImplicitRewardGuidance(base, models)
     elif args.checkpoint:
-        adapter = load_policy(args.checkpoint, device, use_ema=args.ema, model_path=args.model_path)
+        adapter = load_policy(args.checkpoint, device, use_ema=use_ema, model_path=args.model_path)
         predict_fn = None
     else:
         adapter = load_model(kind, path).to(device)
@@ -122,7 +123,7 @@ def _sample(args) -> int:
         "epoch": meta.get("epoch"), "algorithm": meta.get("algorithm"), "seed_train": meta.get("seed"),
         "model": {"kind": kind, "path": path}, "sampler": sampler, "steps": steps, "eta": eta,
         "noise_level": noise, "deterministic": bool(args.deterministic), "guidance_scale": gscale,
-        "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(args.ema),
+        "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(use_ema),
         "images": records,
     }
     atomic_write_json(tmp / "manifest.json", manifest)
@@ -131,6 +132,12 @@ def _sample(args) -> int:
     tmp.rename(out)
     log.info("wrote %d images to %s", len(records), out)
     return 0
+
+
+def _wants_ema(meta: dict, args) -> bool:
+    """EMA weights when asked, or by default where the checkpoint's framework evaluates
+    with them (``ema_eval``, Flow-GRPO)."""
+    return bool(args.ema or (meta.get("ema_eval") and not args.no_ema))
 
 
 def add_parser(sub) -> None:
@@ -151,7 +158,10 @@ def add_parser(sub) -> None:
     p.add_argument("--deterministic", action="store_true", help="eta = 0 (DDIM) / ODE (flow)")
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights (the default where its "
+                   "framework evaluates with EMA, as Flow-GRPO does)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw trained weights even where the framework "
+                   "evaluates with EMA")
     p.add_argument("--irg-scale", type=float, help="implicit reward guidance of --checkpoint against the base model")
     p.add_argument("--irg", action="append", metavar="CHECKPOINT:LAMBDA", help="compose several fine-tuned models")
     p.add_argument("--device", default="auto")

@@ -28,13 +28,14 @@ import torch
 from pcpo import checkpoint as ck
 from pcpo.advantages import PerPromptStatTracker, clip_advantages, group_advantages
 from pcpo.algorithms import Framework, get_algorithm
-from pcpo.config import ConfigError, TrainingConfig, config_to_dict
+from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict
 from pcpo.credit import CreditPlan, plan_credit
 from pcpo.models import load_model
-from pcpo.objectives import Objective, approx_kl, gaussian_mean_kl
+from pcpo.objectives import Objective, approx_kl, clip_fractions, step_kl
 from pcpo.prompts import get_prompts
 from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
+from pcpo.trained_steps import select_steps, trained_step_count
 from pcpo.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("pcpo.train")
@@ -46,9 +47,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (disagreeing rollout, non-finite loss ...)."""
 
 
-def resolve_framework(cfg: TrainingConfig, name: str) -> Framework:
+def resolve_framework(cfg: TrainingConfig, name: str, family: str | None = None) -> Framework:
+    """The framework ``name`` as this config runs it: its ``per_family`` values for
+    ``family`` (when given), then the config's ``algorithms:`` overrides."""
     fw = get_algorithm(name)
-    fields = {f.name for f in dataclasses.fields(Framework)} - {"name", "base", "description"}
+    if family is not None:
+        fw = fw.for_family(family)
+    fields = {f.name for f in dataclasses.fields(Framework)} - {"name", "base", "description", "references",
+                                                                "config_references"}
     for key in ([fw.base] if fw.base else []) + [name]:
         over = cfg.algorithms.get(key) or {}
         if not isinstance(over, dict):
@@ -68,11 +74,18 @@ class RunSettings:
     eta: float
     noise_level: float
     timestep_fraction: float
+    step_selection: str
     clip_range: float
     adv_clip: float | None
     kl_beta: float
+    kl_form: str
+    cfg_grad: str
     max_grad_norm: float | None
     guidance_scale: float
+    ema_decay: float | None  # None: no EMA
+    ema_warmup: bool
+    ema_every: int
+    ema_unit: str
 
     @classmethod
     def build(cls, cfg: TrainingConfig, fw: Framework, family: str, default_guidance: float) -> "RunSettings":
@@ -81,16 +94,26 @@ class RunSettings:
         def pick(v, d):
             return d if v is None else v
 
+        e = cfg.ema
+        ema_on = pick(e.enabled, fw.ema_decay is not None)
+        ema_decay = pick(e.decay, fw.ema_decay if fw.ema_decay is not None else 0.9) if ema_on else None
         return cls(
             sampler=fw.sampler_for(family),
             eta=pick(s.eta, fw.eta),
             noise_level=pick(s.noise_level, fw.noise_level),
             timestep_fraction=pick(t.timestep_fraction, fw.timestep_fraction),
+            step_selection=fw.step_selection,
             clip_range=pick(t.clip_range, fw.clip_range),
             adv_clip=pick(t.adv_clip, fw.adv_clip),
             kl_beta=pick(t.kl_beta, fw.kl_beta),
+            kl_form=fw.kl_form,
+            cfg_grad=fw.cfg_grad,
             max_grad_norm=pick(t.max_grad_norm, fw.defaults.get("max_grad_norm")),
             guidance_scale=pick(s.guidance_scale, default_guidance),
+            ema_decay=ema_decay,
+            ema_warmup=bool(pick(e.warmup, fw.ema_warmup)),
+            ema_every=int(pick(e.update_every, fw.ema_every)),
+            ema_unit=pick(e.unit, fw.ema_unit),
         )
 
 
@@ -121,12 +144,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        if cfg.train.prompts_per_epoch % self.world:
-            raise ConfigError(f"train.prompts_per_epoch: {cfg.train.prompts_per_epoch} groups cannot be split "
-                              f"evenly over {self.world} processes (each rank must see whole groups)")
+        batch_arithmetic(cfg, self.world, cfg.sampling.steps, 1)  # fail on the split before loading anything
         torch.manual_seed(self.seed)  # LoRA init
 
         self.model = load_model(cfg.model.kind, cfg.model.path, **cfg.model.options)
+        self.fw = resolve_framework(cfg, self.name, self.model.family)
         mdtype = DTYPES[cfg.model.dtype]
         self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
         den = self.model.denoiser
@@ -146,6 +168,9 @@ class Trainer:
             raise ConfigError("lora: no trainable parameters (check the model adapter's lora_target_modules)")
 
         self.st = RunSettings.build(cfg, self.fw, self.model.family, self.model.default_guidance_scale)
+        if self.st.kl_beta > 0 and self.st.kl_form == "flow_grpo" and self.model.family != "flow":
+            raise ConfigError(f"algorithms.{self.name}.kl_form: 'flow_grpo' divides by the flow SDE's sigma~(s) and "
+                              "needs a flow model; use kl_form: gaussian on a DDIM model")
         self.ref_model = None
         if self.st.kl_beta > 0 and (not self.lora or cfg.train.kl_reference == "copy"):
             self.ref_model = copy.deepcopy(den).requires_grad_(False)
@@ -155,7 +180,7 @@ class Trainer:
                                      weight_decay=t.weight_decay)
         den, self.opt = self.acc.prepare(den, self.opt)
         self.model.denoiser = den
-        self.ema = [p.detach().clone() for p in self.params] if cfg.ema.enabled else None
+        self.ema = None  # set below once the settings are known
 
         self.plan: CreditPlan = plan_credit(
             self.model.schedule(), self.st.sampler, cfg.sampling.steps, eta=self.st.eta,
@@ -163,6 +188,10 @@ class Trainer:
             w_star=cfg.pcpo.w_star, sigma_root=cfg.pcpo.sigma_root,
         )
         self.grid = self.plan.sample_grid
+        self.ema_updates = 0
+        self.global_step = 0  # optimizer steps since the start of the run
+        if self.st.ema_decay is not None:
+            self.ema = [p.detach().clone() for p in self.params]
         self.objective = Objective(self.fw.objective, self.fw.objective_form, self.st.clip_range)
         self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.options)
         self.prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
@@ -181,31 +210,21 @@ class Trainer:
 
     # -------------------------------------------------------------- arithmetic
     def batch_arithmetic(self) -> dict:
-        t = self.cfg.train
-        T = self.grid.num_steps
-        K = self.trained_steps()
-        samples = t.prompts_per_epoch * t.group_size
-        micro_per_inner = samples // (t.train_batch_size * self.world)
-        opt_steps = micro_per_inner // t.gradient_accumulation
-        return {
-            "samples_per_epoch": samples, "groups": t.prompts_per_epoch, "group_size": t.group_size,
-            "processes": self.world, "sampler_steps": T, "trained_steps_per_sample": K,
-            "micro_batch": t.train_batch_size, "gradient_accumulation": t.gradient_accumulation,
-            "optimizer_steps_per_epoch": opt_steps * t.inner_epochs, "inner_epochs": t.inner_epochs,
-            "forward_backward_sample_steps_per_epoch": samples * K * t.inner_epochs,
-        }
+        return batch_arithmetic(self.cfg, self.world, self.grid.num_steps, self.trained_steps())
 
     def trained_steps(self) -> int:
-        return max(1, int(self.grid.num_steps * self.st.timestep_fraction))
+        return trained_step_count(self.st.step_selection, self.grid.num_steps, self.st.timestep_fraction)
 
     def describe(self) -> str:
         a = self.batch_arithmetic()
         return (f"{self.name} on {self.cfg.model.kind} ({self.st.sampler}, credit "
                 f"{'proportional' if self.fw.proportional else 'native'}, {self.fw.objective}/{self.fw.objective_form}); "
                 f"batch: {a['groups']} prompts x {a['group_size']} images = {a['samples_per_epoch']} samples/epoch"
-                f"{' over ' + str(a['processes']) + ' processes' if a['processes'] > 1 else ''}; "
-                f"{a['sampler_steps']} sampler steps, {a['trained_steps_per_sample']} trained per sample; "
-                f"micro-batch {a['micro_batch']} x accumulation {a['gradient_accumulation']} -> "
+                f"{' over ' + str(a['processes']) + ' processes (' + str(a['samples_per_process']) + ' each)' if a['processes'] > 1 else ''}; "
+                f"{a['sampler_steps']} sampler steps, {a['trained_steps_per_sample']} trained per sample "
+                f"({self.st.step_selection}); micro-batch {a['micro_batch']} x accumulation "
+                f"{a['gradient_accumulation']}{' x ' + str(a['processes']) + ' processes' if a['processes'] > 1 else ''}"
+                f" = {a['samples_per_optimizer_step']} samples per optimizer step -> "
                 f"{a['optimizer_steps_per_epoch']} optimizer steps/epoch ({a['inner_epochs']} inner epochs); "
                 f"{a['forward_backward_sample_steps_per_epoch']} sample-step forward/backward passes per epoch")
 
@@ -217,7 +236,8 @@ class Trainer:
             "gen_prompt": self.gen_prompt.get_state(), "gen_rollout": self.gen_rollout.get_state(),
             "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
             "tracker": self.tracker.state_dict() if self.tracker else None,
-            "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
+            "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "ema_updates": self.ema_updates,
+            "global_step": self.global_step,
             # the logs up to this epoch travel with the checkpoint: a workflow manager may delete
             # an interrupted job's metrics.csv before rerunning it
             "rows": list(self.rows), "audit": list(self.audit),
@@ -227,7 +247,9 @@ class Trainer:
         return {
             "algorithm": self.name, "seed": self.seed, "epoch": epoch, "experiment": self.cfg.experiment,
             "model": {"kind": self.cfg.model.kind, "path": self.cfg.model.path, "options": self.cfg.model.options},
-            "lora": dataclasses.asdict(self.cfg.lora), "ema": self.cfg.ema.enabled,
+            "lora": dataclasses.asdict(self.cfg.lora), "ema": self.ema is not None,
+            # the framework evaluates its EMA weights (Flow-GRPO): `pcpo sample` picks them by default
+            "ema_eval": self.ema is not None,
             "sampler": self.st.sampler, "sampling_steps": self.cfg.sampling.steps,
             "guidance_scale": self.st.guidance_scale, "eta": self.st.eta, "noise_level": self.st.noise_level,
             "framework": self.fw.summary(),
@@ -276,6 +298,8 @@ class Trainer:
             self.tracker.load_state_dict(st["tracker"])
         if self.ema is not None and st["ema"] is not None:
             self.ema = [e.to(self.acc.device) for e in st["ema"]]
+            self.ema_updates = int(st.get("ema_updates", 0))
+        self.global_step = int(st.get("global_step", 0))
         self.start_epoch = st["epoch"] + 1
         self.rows = [r for r in st["rows"] if int(r["epoch"]) <= st["epoch"]]
         self.audit = [r for r in st["audit"] if int(r["epoch"]) <= st["epoch"]]
@@ -343,10 +367,21 @@ class Trainer:
     # ------------------------------------------------------------------ epoch
     def sample_prompts(self) -> tuple[list[str], list[dict], torch.Tensor]:
         t = self.cfg.train
-        idx = torch.randint(len(self.prompts), (t.prompts_per_epoch,), generator=self.gen_prompt)
         per_rank = t.prompts_per_epoch // self.world
-        mine = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
         prompts, meta, gids = [], [], []
+        if self.fw.prompt_draw == "per_sample":
+            # DDPO: every sample draws its own prompt; a "group" is one sample
+            n = t.prompts_per_epoch * t.group_size
+            idx = torch.randint(len(self.prompts), (n,), generator=self.gen_prompt)
+            lo = self.rank * per_rank * t.group_size
+            for k, i in enumerate(idx[lo:lo + per_rank * t.group_size].tolist()):
+                p, m = self.prompts[i]
+                prompts.append(p)
+                meta.append(dict(m))
+                gids.append(lo + k)
+            return prompts, meta, torch.tensor(gids)
+        idx = torch.randint(len(self.prompts), (t.prompts_per_epoch,), generator=self.gen_prompt)
+        mine = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
         for gi, i in enumerate(mine.tolist()):
             p, m = self.prompts[i]
             for _ in range(t.group_size):
@@ -407,7 +442,8 @@ class Trainer:
         for i in range(self.grid.num_steps):
             audit.append({"epoch": epoch, "step": i, "timestep": float(self.grid.timesteps[i]),
                           "native_weight": float(self.plan.native[i]), "train_weight": float(self.plan.train_weight[i]),
-                          "clipfrac": stats["clip_by_step"][i], "grad_share": stats["grad_share"][i],
+                          "clipfrac": stats["clip_by_step"][i], "clipfrac_inactive": stats["inactive_by_step"][i],
+                          "grad_share": stats["grad_share"][i],
                           "count": stats["count_by_step"][i]})
         return row, audit
 
@@ -427,6 +463,23 @@ class Trainer:
         finally:
             den.enable_adapters()
 
+    @torch.no_grad()
+    def _ema_step(self) -> None:
+        """One EMA step, with ``s`` the optimizer steps taken so far: called after every
+        training micro-batch (``ema_unit: batch``, Flow-GRPO's ``ema.step(params, global_step)``
+        in ``flow_grpo/ema.py``) or once per epoch (``epoch``, DanceGRPO's ``FSDP_EMA.update``).
+        It updates when ``(s + 1) % ema_every == 0``: ``e <- d e + (1 - d) p`` with ``d`` the
+        decay, or ``min((1 + s) / (10 + s), decay)`` with warm-up."""
+        s = self.global_step
+        if (s + 1) % self.st.ema_every:
+            return
+        d = self.st.ema_decay
+        if self.st.ema_warmup:
+            d = min((1 + s) / (10 + s), d)
+        for e, p in zip(self.ema, self.params):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+        self.ema_updates += 1
+
     def update(self, traj: Trajectory, epoch: int) -> dict:
         cfg = self.cfg.train
         dev = self.acc.device
@@ -440,6 +493,7 @@ class Trainer:
         den = self.model.denoiser
         den.train()
         clip_n = torch.zeros(T)
+        out_n = torch.zeros(T)
         cnt = torch.zeros(T)
         gshare = torch.zeros(T, dtype=torch.float64)
         losses, kls, akls, gnorms = [], [], [], []
@@ -447,13 +501,13 @@ class Trainer:
         opt_steps = 0
         for inner in range(cfg.inner_epochs):
             perm = torch.randperm(B, generator=self.gen_train)
-            tsel = torch.stack([torch.randperm(T, generator=self.gen_train)[:K] for _ in range(B)])
+            tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train)
             micro = [perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)]
             for mi, rows in enumerate(micro):
                 cond = {k: v[rows].to(dev) for k, v in traj.cond.items()}
                 uncond = {k: v[rows].to(dev) for k, v in traj.uncond.items()} if traj.uncond is not None else None
                 adv = traj.advantages[rows].to(dev)
-                sync = (mi + 1) % accum == 0 or mi == len(micro) - 1
+                sync = (mi + 1) % accum == 0  # batch_arithmetic rules out a partial accumulation
                 ctx = contextlib.nullcontext() if sync else self.acc.no_sync(den)
                 with ctx:
                     for j in range(K):
@@ -461,7 +515,8 @@ class Trainer:
                         x = traj.states[rows, idx].to(dev)
                         x_next = traj.states[rows, idx + 1].to(dev)
                         tt = self.grid.model_time(idx).to(dev)
-                        pred = self.model.predict_guided(x.to(mdtype), tt, cond, uncond, self.st.guidance_scale)
+                        pred = self.model.predict_guided(x.to(mdtype), tt, cond, uncond, self.st.guidance_scale,
+                                                         cfg_grad=self.st.cfg_grad)
                         pred.retain_grad()
                         out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=self.cfg.sampling.reduction)
                         lr_ = self.objective.log_ratio(
@@ -483,7 +538,8 @@ class Trainer:
                             with torch.no_grad():
                                 ref_pred = self._ref_prediction(x.to(mdtype), tt, cond, uncond)
                                 ref_mean = self.grid.step(idx, ref_pred, x, prev_sample=x_next).mean
-                            kl = gaussian_mean_kl(out.mean, ref_mean, out.std, self.cfg.sampling.reduction).mean()
+                            kl = step_kl(out.mean, ref_mean, out.std, self.grid.sde_sigma[idx].to(dev),
+                                         self.st.kl_form, self.cfg.sampling.reduction).mean()
                             loss = loss + self.st.kl_beta * kl
                             kls.append(float(kl.detach()))
                         if not torch.isfinite(loss):
@@ -495,7 +551,9 @@ class Trainer:
                             gnorm = pred.grad.float().flatten(1).norm(dim=1).double().cpu() if pred.grad is not None \
                                 else torch.zeros(len(rows), dtype=torch.float64)
                             gshare.index_add_(0, idx, gnorm)
+                            outside, _ = clip_fractions(lr_, inactive, self.st.clip_range)
                             clip_n.index_add_(0, idx, inactive.float().cpu())
+                            out_n.index_add_(0, idx, outside.float().cpu())
                             cnt.index_add_(0, idx, torch.ones(len(rows)))
                         losses.append(float(loss.detach()))
                         akls.append(float(approx_kl(lr_)))
@@ -506,20 +564,25 @@ class Trainer:
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
                     opt_steps += 1
-                    if self.ema is not None:
-                        d = self.cfg.ema.decay
-                        with torch.no_grad():
-                            for e, p in zip(self.ema, self.params):
-                                e.mul_(d).add_(p.detach(), alpha=1 - d)
+                    self.global_step += 1
+                if self.ema is not None and self.st.ema_unit == "batch":
+                    self._ema_step()
+        if self.ema is not None and self.st.ema_unit == "epoch":
+            self._ema_step()
         total = float(gshare.sum()) or 1.0
         scalars = {
-            "loss": _mean(losses), "clipfrac": float(clip_n.sum() / cnt.sum().clamp_min(1)),
+            "loss": _mean(losses),
+            # |rho - 1| > xi, two-sided: the references' `clipfrac`
+            "clipfrac": float(out_n.sum() / cnt.sum().clamp_min(1)),
+            # the objective's gradient is zero (clip or hinge flat): the paper's clip fraction
+            "clipfrac_inactive": float(clip_n.sum() / cnt.sum().clamp_min(1)),
             "approx_kl": _mean(akls), "kl": _mean(kls) if kls else 0.0, "grad_norm": _mean(gnorms),
             "logratio_first_max": first_max, "optimizer_steps": opt_steps, "lr": self.opt.param_groups[0]["lr"],
         }
         return {
             "scalars": scalars,
-            "clip_by_step": (clip_n / cnt.clamp_min(1)).tolist(),
+            "clip_by_step": (out_n / cnt.clamp_min(1)).tolist(),
+            "inactive_by_step": (clip_n / cnt.clamp_min(1)).tolist(),
             "grad_share": (gshare / total).tolist(),
             "count_by_step": cnt.tolist(),
         }

@@ -138,17 +138,25 @@ class ModelAdapter(abc.ABC):
         cond: Cond,
         uncond: Cond | None,
         guidance_scale: float,
+        cfg_grad: str = "both",
     ) -> torch.Tensor:
         """Classifier-free guided prediction; one batched forward pass.
 
         ``guidance_scale <= 1`` or ``uncond is None`` skips the unconditional
-        branch.  Models with distilled guidance (FLUX) override this.
+        branch.  ``cfg_grad="cond_only"`` detaches the unconditional prediction,
+        so gradients flow through the conditional branch alone (Flow-GRPO's
+        ``noise_pred_uncond.detach()``); the value is the same either way.
+        Models with distilled guidance (FLUX) override this.
         """
         if uncond is None or guidance_scale == 1.0:
             return self.predict(x, t, cond)
+        if cfg_grad not in ("both", "cond_only"):
+            raise ValueError(f"cfg_grad must be 'both' or 'cond_only', got {cfg_grad!r}")
         both = cond_cat([uncond, cond])
         out = self.predict(torch.cat([x, x]), torch.cat([t, t]), both)
         out_u, out_c = out.chunk(2)
+        if cfg_grad == "cond_only":
+            out_u = out_u.detach()
         return out_u + guidance_scale * (out_c - out_u)
 
     # -- images ---------------------------------------------------------

@@ -63,9 +63,10 @@ from pcpo.models.base import Cond, ModelAdapter, ScheduleSpec
 from pcpo.models.sd import DiffusersAdapter, lib_of, module_device, tokenize, vae_decode, write_model_index
 from pcpo.models.tiny import merged_copy, quiet_hf
 
-#: attention projections of the joint (double-stream) blocks, including the text-stream
-#: ones, and of the single-stream blocks (which share the to_q/to_k/to_v names)
-FLOW_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+#: DanceGRPO's FLUX LoRA targets (XueZeyue/DanceGRPO fastvideo/train_grpo_flux_lora.py, main():
+#: `target_modules=["to_k", "to_q", "to_v", "to_out.0"]`): the image-stream projections of the
+#: double-stream blocks and the single-stream blocks' to_q/to_k/to_v, not the text-stream add_*
+FLUX_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class FluxAdapter(DiffusersAdapter):
 
     prediction_type = "velocity"
     family = "flow"
-    lora_target_modules = list(FLOW_LORA_TARGETS)
+    lora_target_modules = list(FLUX_LORA_TARGETS)
     default_guidance_scale = 3.5
     default_steps = 28
     kind_name = "flux"
@@ -229,10 +230,10 @@ class FluxAdapter(DiffusersAdapter):
         """Velocity at the model's default embedded guidance (for distilled models)."""
         return self._forward(x, t, cond, None)
 
-    def predict_guided(self, x, t, cond, uncond, guidance_scale):
+    def predict_guided(self, x, t, cond, uncond, guidance_scale, cfg_grad="both"):
         if self.guidance_embeds:
             return self._forward(x, t, cond, guidance_scale)
-        return ModelAdapter.predict_guided(self, x, t, cond, uncond or None, guidance_scale)
+        return ModelAdapter.predict_guided(self, x, t, cond, uncond or None, guidance_scale, cfg_grad)
 
     # -- images ----------------------------------------------------------
     @torch.no_grad()
@@ -280,4 +281,4 @@ def load_flux(path: str, **options) -> FluxAdapter:
 
 
 __all__ = ["FluxAdapter", "pack_latents", "unpack_latents", "latent_image_ids", "dynamic_mu", "flow_shift",
-           "FLOW_LORA_TARGETS"]
+           "FLUX_LORA_TARGETS"]

@@ -45,9 +45,15 @@ import torch
 
 from pcpo.models import register_model
 from pcpo.models.base import Cond, ScheduleSpec
-from pcpo.models.flux import FLOW_LORA_TARGETS, flow_shift
+from pcpo.models.flux import flow_shift
 from pcpo.models.sd import DiffusersAdapter, lib_of, module_device, tokenize, vae_decode, write_model_index
 from pcpo.models.tiny import merged_copy, quiet_hf
+
+
+#: Flow-GRPO's LoRA targets (yifan123/flow_grpo scripts/train_sd3.py, main(): `target_modules`);
+#: "attn.to_q" matches ``transformer_blocks.N.attn.to_q`` but not ``...attn2.to_q``
+SD3_LORA_TARGETS = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+                    "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v"]
 
 
 class SD3Adapter(DiffusersAdapter):
@@ -55,8 +61,9 @@ class SD3Adapter(DiffusersAdapter):
 
     prediction_type = "velocity"
     family = "flow"
-    #: joint attention: image-stream and text-stream projections (Flow-GRPO's LoRA targets)
-    lora_target_modules = list(FLOW_LORA_TARGETS)
+    #: the joint attention's image- and text-stream projections, not the dual-attention
+    #: blocks' attn2 (Flow-GRPO's `target_modules` in scripts/train_sd3.py)
+    lora_target_modules = list(SD3_LORA_TARGETS)
     default_guidance_scale = 4.5
     default_steps = 40
     kind_name = "sd3"
@@ -200,4 +207,4 @@ def load_sd3(path: str, **options) -> SD3Adapter:
     return SD3Adapter(path, **options)
 
 
-__all__ = ["SD3Adapter"]
+__all__ = ["SD3Adapter", "SD3_LORA_TARGETS"]

@@ -52,6 +52,14 @@ class SamplerGrid:
         return torch.where(self.std > 0, self.coef / safe, torch.full_like(self.std, float("inf")))
 
     @property
+    def sde_sigma(self) -> torch.Tensor:
+        """The SDE's noise-level sigma per step: ``std / sqrt(ds)`` on a flow grid (eta for
+        DanceGRPO's form, sigma~(s) for Flow-GRPO's); on a DDIM grid, the step std."""
+        if self.family == "ddim":
+            return self.std
+        return self.std / (self.timesteps - self.next_timesteps).sqrt()
+
+    @property
     def deterministic(self) -> bool:
         return bool((self.std == 0).all())
 

@@ -314,9 +314,12 @@ def test_lora_targets_exist(folders, kind):
     wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] if not n.split(".lora_A")[0].endswith(".0")
                else "to_out.0" for n in names}
     expected = {"to_q", "to_k", "to_v", "to_out.0"}
-    if kind != "sd1":
+    if kind == "sd3":  # Flow-GRPO's targets: the joint attention's both streams
         expected |= {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
-    assert expected <= wrapped, sorted(wrapped)
+    assert wrapped == expected, sorted(wrapped)  # FLUX: DanceGRPO's four, no text-stream add_*
+    if kind == "sd3":  # not the dual-attention blocks' attn2 (the tiny SD3 has one)
+        assert any(".attn2." in n for n, _ in m.denoiser.named_parameters())
+        assert not any(".attn2." in n for n in names), [n for n in names if ".attn2." in n]
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")

@@ -179,6 +179,10 @@ def sample_flags():
         f.append(f"--prompts-per-digit {EVAL['prompts_per_digit']}")
     if EVAL.get("deterministic", True):
         f.append("--deterministic")
+    if EVAL.get("steps") is not None:
+        f.append(f"--steps {int(EVAL['steps'])}")
+    if EVAL.get("guidance_scale") is not None:
+        f.append(f"--guidance-scale {float(EVAL['guidance_scale'])}")
     return " ".join(f)
 
 
