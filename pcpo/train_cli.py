@@ -49,6 +49,18 @@ def _train(args) -> int:
 def _algorithms(args) -> int:
     from pcpo.algorithms import algorithm_names, get_algorithm
 
+    if args.show:
+        from pcpo.recipes import render_card
+
+        print(render_card(args.show), end="")
+        return 0
+    if args.write_docs:
+        from pcpo.recipes import write_docs
+
+        for p in write_docs(args.write_docs):
+            print(f"wrote {p}")
+        return 0
+
     items = []
     for n in algorithm_names():
         fw = get_algorithm(n)
@@ -75,4 +87,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_train)
     q = sub.add_parser("algorithms", help="list registered algorithms (baselines and their PCPO variants)")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--show", metavar="NAME", help="print the recipe card of one algorithm: every setting against "
+                   "its reference code, with file and function")
+    q.add_argument("--write-docs", metavar="DIR", help="write the recipe cards of every cited baseline as Markdown "
+                   "(docs/recipes is the committed copy)")
     q.set_defaults(func=_algorithms)
