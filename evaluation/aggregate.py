@@ -52,9 +52,17 @@ def _flatten(metrics: dict) -> tuple[dict, list[dict]]:
         values[name] = m.get("value")
         if "std" in m:
             values[f"{name}_std"] = m["std"]
-        nets.append({"metric": name, "network": m.get("network", ""), "weights": m.get("weights", ""),
-                     "note": m.get("note", "")})
+        nets.append({"metric": name, "network": m.get("network", ""), "weights": weights_label(m.get("weights")),
+                     "sha256": m.get("sha256") or "", "note": m.get("note", "")})
     return values, nets
+
+
+def weights_label(weights) -> str:
+    """A weights file by its name, never the machine's absolute cache path (the
+    checksum in the ``sha256`` column identifies it wherever it lives)."""
+    if not weights:
+        return ""
+    return Path(str(weights)).name
 
 
 def load_evaluations(results: Path, matrix_rewards: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -74,7 +82,7 @@ def load_evaluations(results: Path, matrix_rewards: dict[str, list[str]]) -> tup
                 rows.append({"model": m["model"], "reward": reward, "algorithm": "base", "seed": -1, "epoch": -1,
                              **values, "eval_reward": values.get(f"reward/{reward}")})
     df = pd.DataFrame(rows)
-    nd = pd.DataFrame(nets).drop_duplicates() if nets else pd.DataFrame(columns=["metric", "network", "weights", "note"])
+    nd = pd.DataFrame(nets).drop_duplicates() if nets else pd.DataFrame(columns=["metric", "network", "weights", "sha256", "note"])
     return df, nd
 
 

@@ -60,7 +60,13 @@ def write_checkpoint(run_dir: Path, epoch: int, meta: dict, trainable: dict, sta
 
 
 def read_meta(ckpt: Path) -> dict:
-    return json.loads((Path(ckpt) / "checkpoint.json").read_text())
+    f = Path(ckpt) / "checkpoint.json"
+    if not f.is_file():
+        from pcpo.config import ConfigError
+
+        raise ConfigError(f"--checkpoint: {ckpt} is not a checkpoint folder (no checkpoint.json); name a folder "
+                          "runs/.../checkpoints/epoch_NNNNNN written by `pcpo train`")
+    return json.loads(f.read_text())
 
 
 def load_trainable(ckpt: Path, ema: bool = False) -> dict:

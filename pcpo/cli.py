@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"pcpo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # a missing model folder, checkpoint or weights file: the loaders' messages name the
+        # field and the fix (pcpo.models.tiny.read_model_json, pcpo.models.sd.ModelLoadError)
+        msg = str(e).strip()
+        if isinstance(e, FileNotFoundError) or type(e).__name__ == "ModelLoadError":
+            print(f"pcpo {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+        raise
     except (ValueError, KeyError) as e:
         from pcpo.config import ConfigError
 
