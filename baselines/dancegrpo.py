@@ -28,7 +28,9 @@ FULLSH = f"{REPO} scripts/finetune/finetune_flux_grpo_8gpus.sh"
 REFERENCES = {
     "ddim.sampler": Ref("ddim", SD + ": `pipeline_with_logprob(..., eta=config.sample.eta)` (DDIM with log-probs)"),
     "flow.sampler": Ref("flow-dance", FLUX + ", flux_step(): `prev_sample_mean = latents + dsigma * model_output`, "
-                        "`+ log_term * dsigma`, `std_dev_t = eta * math.sqrt(delta_t)`"),
+                        "`+ log_term * dsigma`, `std_dev_t = eta * math.sqrt(delta_t)`",
+                        note="the network there sees `int(sigma * 1000) / 1000`, here the exact s: a time input "
+                        "off by under 1e-3"),
     "eta": Ref(1.0, SDBASE + ": `sample.eta = 1.0`"),
     "noise_level": Ref(0.3, FLUXSH + ": `--eta 0.3`"),
     "advantage": Ref("group", FLUX + ", train_one_step(): `group_mean = group_rewards.mean()`, `group_std = "

@@ -143,6 +143,31 @@ def plot_curves(curves: pd.DataFrame, col: str, ylabel: str, path: Path, title: 
     return _save(fig, path)
 
 
+def plot_mismatch(curves: pd.DataFrame, clip_range: float, path: Path) -> Path | None:
+    """The rollout's disagreement with the training forward (max |log rho| before the
+    epoch's first update) against the clip range: above xi, rounding decides the clip."""
+    col = "rollout_mismatch_max"
+    if curves.empty or col not in curves or curves[col].isna().all():
+        return None
+    fig, axes, keys = _panels(curves)
+    for ax, (model, reward) in zip(axes, keys):
+        sub = curves[(curves["model"] == model) & (curves["reward"] == reward)]
+        for alg, g in sub.groupby("algorithm"):
+            piv = g.pivot_table(index="epoch", columns="seed", values=col)
+            ax.plot(piv.index, piv.max(axis=1).clip(lower=1e-12), label=alg, lw=1.6,
+                    ls="-" if alg.startswith("pcpo-") else "--")
+        ax.axhline(clip_range, color="k", lw=1, ls=":", label=f"clip range ξ = {clip_range:g}")
+        ax.set_yscale("log")
+        ax.set_title(f"{model} · {reward}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("max |log ρ|, rollout vs training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Rollout/training disagreement before each epoch's first update (max over seeds; "
+                 "floored at 1e-12)", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_collapse(points: pd.DataFrame, metric: str, path: Path, label: str) -> Path | None:
     if points.empty or metric not in points or points[metric].isna().all():
         return None
@@ -313,6 +338,8 @@ def build_report(results: str | Path, config: dict) -> Path:
         ("Inactive fraction against epoch", plot_curves(curves, "clipfrac_inactive", "share with zero gradient",
                                                         out / "clipfrac_inactive_vs_epoch.png",
                                                         "Share of sample-steps whose gradient the clip or hinge removed")),
+        ("Rollout/training mismatch against the clip range",
+         plot_mismatch(curves, float((config.get("train") or {}).get("clip_range") or 1e-4), out / "mismatch_vs_epoch.png")),
         ("Collapse: FID against reward", plot_collapse(points, "fid", out / "collapse_fid.png", "FID (lower is better)")),
         ("Collapse: KID against reward", plot_collapse(points, "kid", out / "collapse_kid.png", "KID (lower is better)")),
         ("Collapse: diversity against reward", plot_collapse(points, "diversity", out / "collapse_diversity.png", "diversity (higher is more diverse)")),

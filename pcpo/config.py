@@ -107,6 +107,9 @@ class TrainConfig:
     kl_reference: str = "auto"  # auto (LoRA disabled, else frozen copy) | copy
     checkpoint_every: int = 2
     logratio_tolerance: float = 1e-4
+    #: where the old log-probs come from: the rollout's, or a no-grad pass of the training forward in
+    #: the training layout before the first update; auto recomputes unless float32 on a CPU
+    old_logprobs: str = "auto"  # rollout | recompute | auto
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
     deterministic_kernels: bool = True  # CUDA: no TF32, deterministic cuDNN (see Trainer._setup)
@@ -257,6 +260,8 @@ def validate(cfg: TrainingConfig) -> None:
         raise ConfigError(f"sampling.reduction: must be 'mean' or 'sum', got {s.reduction!r}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if t.old_logprobs not in ("rollout", "recompute", "auto"):
+        raise ConfigError(f"train.old_logprobs: must be 'rollout', 'recompute' or 'auto', got {t.old_logprobs!r}")
     if t.kl_reference not in ("auto", "copy"):
         raise ConfigError(f"train.kl_reference: must be 'auto' or 'copy', got {t.kl_reference!r}")
     if cfg.pcpo.sigma_root not in ("paper", "exact"):

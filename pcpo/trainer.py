@@ -168,6 +168,9 @@ class Trainer:
             raise ConfigError("lora: no trainable parameters (check the model adapter's lora_target_modules)")
 
         self.st = RunSettings.build(cfg, self.fw, self.model.family, self.model.default_guidance_scale)
+        mode = cfg.train.old_logprobs
+        self.recompute = mode == "recompute" or (mode == "auto" and (mdtype != torch.float32
+                                                                      or self.acc.device.type == "cuda"))
         if self.st.kl_beta > 0 and self.st.kl_form == "flow_grpo" and self.model.family != "flow":
             raise ConfigError(f"algorithms.{self.name}.kl_form: 'flow_grpo' divides by the flow SDE's sigma~(s) and "
                               "needs a flow model; use kl_form: gaussian on a DDIM model")
@@ -201,7 +204,8 @@ class Trainer:
                         if self.fw.advantage == "per_prompt" else None)
         base = self.seed * 1_000_003 + 17
         self.gen_prompt = torch.Generator().manual_seed(base)
-        self.gen_rollout = torch.Generator().manual_seed(base + 1 + self.rank)
+        # the same stream on every process: each draws the global batch's noise and keeps its rows
+        self.gen_rollout = torch.Generator().manual_seed(base + 1)
         self.gen_train = torch.Generator().manual_seed(base + 1000 + self.rank)
         self.rows: list[dict] = []
         self.audit: list[dict] = []
@@ -226,7 +230,9 @@ class Trainer:
                 f"{a['gradient_accumulation']}{' x ' + str(a['processes']) + ' processes' if a['processes'] > 1 else ''}"
                 f" = {a['samples_per_optimizer_step']} samples per optimizer step -> "
                 f"{a['optimizer_steps_per_epoch']} optimizer steps/epoch ({a['inner_epochs']} inner epochs); "
-                f"{a['forward_backward_sample_steps_per_epoch']} sample-step forward/backward passes per epoch")
+                f"{a['forward_backward_sample_steps_per_epoch']} sample-step forward/backward passes per epoch; "
+                f"old log-probs: {'recomputed in the training layout' if self.recompute else 'from the rollout'} "
+                f"(train.old_logprobs: {self.cfg.train.old_logprobs})")
 
     # ------------------------------------------------------------------ resume
     def _state(self, epoch: int) -> dict:
@@ -235,6 +241,8 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "gen_prompt": self.gen_prompt.get_state(), "gen_rollout": self.gen_rollout.get_state(),
             "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
+            # per process: [(gen_train, torch_rng)] by rank (the entries above are rank 0's)
+            "rank_rng": getattr(self, "_rank_rng", None),
             "tracker": self.tracker.state_dict() if self.tracker else None,
             "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "ema_updates": self.ema_updates,
             "global_step": self.global_step,
@@ -292,8 +300,13 @@ class Trainer:
         self.opt.load_state_dict(st["optimizer"])
         self.gen_prompt.set_state(st["gen_prompt"])
         self.gen_rollout.set_state(st["gen_rollout"])
-        self.gen_train.set_state(st["gen_train"])
-        torch.set_rng_state(st["torch_rng"])
+        mine = (st.get("rank_rng") or [None] * (self.rank + 1))
+        if len(mine) != self.world and st.get("rank_rng"):
+            raise ConfigError(f"--out: {last} was written by {len(mine)} processes; resume it with as many "
+                              f"(this run has {self.world})")
+        g, r = mine[self.rank] if mine[self.rank] is not None else (st["gen_train"], st["torch_rng"])
+        self.gen_train.set_state(g)
+        torch.set_rng_state(r)
         if self.tracker and st["tracker"]:
             self.tracker.load_state_dict(st["tracker"])
         if self.ema is not None and st["ema"] is not None:
@@ -344,11 +357,15 @@ class Trainer:
             self.rows.append(row)
             self.audit.extend(audit)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", clip=f"{row['clipfrac']:.2f}")
+            ckpt = (epoch + 1) % self.cfg.train.checkpoint_every == 0 or epoch == epochs - 1
+            # every process's own random streams travel with the checkpoint (a collective: all ranks call it)
+            self._rank_rng = self._gather_rank_rng() if ckpt else None
             if self.acc.is_main_process:
                 self._write_logs(row)
-                last = epoch == epochs - 1
-                if (epoch + 1) % self.cfg.train.checkpoint_every == 0 or last:
+                if ckpt:
                     self.save(epoch)
+            if ckpt and self.world > 1:
+                self.acc.wait_for_everyone()
             if fault is not None and int(fault) == epoch:
                 log.warning("PCPO_FAULT_AFTER_EPOCH=%s: killing this process to simulate a crash", fault)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -414,22 +431,29 @@ class Trainer:
         t0 = time.perf_counter()
         prompts, meta, gids = self.sample_prompts()
         self.model.denoiser.eval()
+        dist = {}
+        if self.world > 1:
+            n = len(prompts)
+            groups = self.cfg.train.prompts_per_epoch * (self.cfg.train.group_size
+                                                         if self.fw.prompt_draw == "per_sample" else 1)
+            dist = {"noise_rows": (self.rank * n, n * self.world), "groups_total": groups}
         traj = rollout(self.model, prompts, self.grid, self.st.guidance_scale, self.gen_rollout, meta, gids,
                        share_initial_noise=self.fw.share_initial_noise, batch_size=self.cfg.sampling.batch_size,
-                       reduction=self.cfg.sampling.reduction)
+                       reduction=self.cfg.sampling.reduction, **dist)
         t1 = time.perf_counter()
         rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
         traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
         all_rewards = self.acc.gather(traj.rewards.to(self.acc.device)).cpu() if self.world > 1 else traj.rewards
         t2 = time.perf_counter()
         traj.advantages = self.advantages(traj)
+        all_adv = self.acc.gather(traj.advantages.to(self.acc.device)).cpu() if self.world > 1 else traj.advantages
         stats = self.update(traj, epoch)
         t3 = time.perf_counter()
         row = {
             "epoch": epoch, "samples": int(all_rewards.numel()),
             "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std(unbiased=False)),
             "reward_min": float(all_rewards.min()), "reward_max": float(all_rewards.max()),
-            "adv_abs_mean": float(traj.advantages.abs().mean()),
+            "adv_abs_mean": float(all_adv.abs().mean()),
             **stats["scalars"],
             "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_train": t3 - t2, "time_epoch": t3 - t0,
         }
@@ -444,6 +468,8 @@ class Trainer:
                           "native_weight": float(self.plan.native[i]), "train_weight": float(self.plan.train_weight[i]),
                           "clipfrac": stats["clip_by_step"][i], "clipfrac_inactive": stats["inactive_by_step"][i],
                           "grad_share": stats["grad_share"][i],
+                          "rollout_mismatch_mean": stats["mismatch_mean_by_step"][i],
+                          "rollout_mismatch_max": stats["mismatch_max_by_step"][i],
                           "count": stats["count_by_step"][i]})
         return row, audit
 
@@ -462,6 +488,62 @@ class Trainer:
             return self.model.predict_guided(x, tt, cond, uncond, self.st.guidance_scale)
         finally:
             den.enable_adapters()
+
+    def _gather_rank_rng(self) -> list:
+        state = (self.gen_train.get_state(), torch.get_rng_state())
+        if self.world == 1:
+            return [state]
+        from accelerate.utils import gather_object
+
+        return gather_object([state])
+
+    @torch.no_grad()
+    def _recompute_old(self, traj: Trajectory, layouts: list, epoch: int):
+        """``train.old_logprobs: recompute``: before the epoch's first update, score every
+        trained (sample, step) with the training forward in exactly the training layout (the
+        same micro-batches, the same per-row steps, train mode) and make those the old
+        log-probs, predictions and standardised noise.  Rounding differences between the
+        rollout's batches and the training's (bf16, other kernels) then no longer reach the
+        ratio.  Returns the rollout-vs-recomputed |log rho| per step (sum, max, count),
+        measured with the objective's own log-ratio before the values are replaced."""
+        dev, mdtype = self.acc.device, DTYPES[self.cfg.model.dtype]
+        red = self.cfg.sampling.reduction
+        B, T = traj.batch_size, traj.num_steps
+        tw, gw = self.plan.train_weight.float(), self.plan.grid_weight.float()
+        done = torch.zeros(B, T, dtype=torch.bool)
+        s_abs = torch.zeros(T, dtype=torch.float64)
+        s_max = torch.zeros(T, dtype=torch.float64)
+        s_n = torch.zeros(T)
+        new_lp, new_pred, new_z = traj.log_probs.clone(), traj.preds.clone(), traj.noise.clone()
+        for micro, tsel in layouts:
+            for rows in micro:
+                cond = {k: v[rows].to(dev) for k, v in traj.cond.items()}
+                uncond = {k: v[rows].to(dev) for k, v in traj.uncond.items()} if traj.uncond is not None else None
+                for j in range(tsel.shape[1]):
+                    idx = tsel[rows, j]
+                    fresh = ~done[rows, idx]
+                    if not fresh.any():
+                        continue
+                    x = traj.states[rows, idx].to(dev)
+                    x_next = traj.states[rows, idx + 1].to(dev)
+                    pred = self.model.predict_guided(x.to(mdtype), self.grid.model_time(idx).to(dev), cond, uncond,
+                                                     self.st.guidance_scale, cfg_grad=self.st.cfg_grad)
+                    out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
+                    lr_ = self.objective.log_ratio(
+                        step_weight=tw[idx].to(dev), grid_weight=gw[idx].to(dev),
+                        new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
+                        delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev),
+                        reduction=red).abs().double().cpu()
+                    r, i, a = rows[fresh], idx[fresh], lr_[fresh]
+                    s_abs.index_add_(0, i, a)
+                    s_n.index_add_(0, i, torch.ones(len(r)))
+                    s_max.scatter_reduce_(0, i, a, reduce="amax")
+                    new_lp[r, i] = out.log_prob.float().cpu()[fresh]
+                    new_pred[r, i] = pred.float().cpu()[fresh]
+                    new_z[r, i] = out.noise.float().cpu()[fresh]
+                    done[r, i] = True
+        traj.log_probs, traj.preds, traj.noise = new_lp, new_pred, new_z
+        return s_abs, s_max, s_n
 
     @torch.no_grad()
     def _ema_step(self) -> None:
@@ -499,10 +581,18 @@ class Trainer:
         losses, kls, akls, gnorms = [], [], [], []
         first_max = 0.0
         opt_steps = 0
-        for inner in range(cfg.inner_epochs):
+        layouts = []  # (micro-batches, per-row steps) of every inner epoch, drawn before any update
+        for _ in range(cfg.inner_epochs):
             perm = torch.randperm(B, generator=self.gen_train)
             tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train)
-            micro = [perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)]
+            layouts.append(([perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)], tsel))
+        t_re = time.perf_counter()
+        mism = self._recompute_old(traj, layouts, epoch) if self.recompute else None
+        t_re = time.perf_counter() - t_re
+        first_abs = torch.zeros(T, dtype=torch.float64)  # rollout-vs-training |log rho| before the first update
+        first_max_t = torch.zeros(T, dtype=torch.float64)
+        first_n = torch.zeros(T)
+        for inner, (micro, tsel) in enumerate(layouts):
             for mi, rows in enumerate(micro):
                 cond = {k: v[rows].to(dev) for k, v in traj.cond.items()}
                 uncond = {k: v[rows].to(dev) for k, v in traj.uncond.items()} if traj.uncond is not None else None
@@ -525,13 +615,23 @@ class Trainer:
                             delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev),
                             reduction=self.cfg.sampling.reduction)
                         if inner == 0 and opt_steps == 0:
-                            m = float(lr_.detach().abs().max())
+                            a = lr_.detach().abs()
+                            m = float(a.max())
                             first_max = max(first_max, m)
+                            if mism is None:  # the metric is the gate's own log-ratio
+                                ac = a.double().cpu()
+                                first_abs.index_add_(0, idx, ac)
+                                first_n.index_add_(0, idx, torch.ones(len(rows)))
+                                first_max_t.scatter_reduce_(0, idx, ac, reduce="amax")
                             if m > cfg.logratio_tolerance:
+                                src = ("the recomputed old log-probs (train.old_logprobs: recompute) and the training "
+                                       "forward disagree: non-deterministic kernels" if self.recompute else
+                                       "the rollout and the training forward pass disagree (model in a different mode, "
+                                       "non-deterministic layers, a wrong stored state, or low-precision rounding: "
+                                       "set train.old_logprobs: recompute)")
                                 raise TrainingError(
                                     f"epoch {epoch}: |log ratio| = {m:.3e} at the first inner step (tolerance "
-                                    f"{cfg.logratio_tolerance:g}): the rollout and the training forward pass disagree "
-                                    "(model in a different mode, non-deterministic layers, or a wrong stored state)")
+                                    f"{cfg.logratio_tolerance:g}): {src}")
                         per, inactive = self.objective.loss(lr_, adv)
                         loss = per.mean()
                         if self.st.kl_beta > 0:
@@ -579,10 +679,20 @@ class Trainer:
             "approx_kl": _mean(akls), "kl": _mean(kls) if kls else 0.0, "grad_norm": _mean(gnorms),
             "logratio_first_max": first_max, "optimizer_steps": opt_steps, "lr": self.opt.param_groups[0]["lr"],
         }
+        if mism is not None:
+            first_abs, first_max_t, first_n = mism
+        n = first_n.clamp_min(1)
+        # the rollout's own disagreement with the training forward, measured before any update (with
+        # recompute: over every trained (sample, step); without: over the first accumulation window)
+        scalars["rollout_mismatch_mean"] = float(first_abs.sum() / n.sum()) if first_n.sum() else 0.0
+        scalars["rollout_mismatch_max"] = float(first_max_t.max())
+        scalars["time_recompute"] = t_re if self.recompute else 0.0
         return {
             "scalars": scalars,
             "clip_by_step": (out_n / cnt.clamp_min(1)).tolist(),
             "inactive_by_step": (clip_n / cnt.clamp_min(1)).tolist(),
+            "mismatch_mean_by_step": (first_abs / n).tolist(),
+            "mismatch_max_by_step": first_max_t.tolist(),
             "grad_share": (gshare / total).tolist(),
             "count_by_step": cnt.tolist(),
         }

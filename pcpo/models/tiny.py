@@ -117,6 +117,8 @@ class TinyAdapter(ModelAdapter):
         self.default_guidance_scale = float(self.meta.get("guidance_scale", 1.0))
         self.default_steps = int(self.meta.get("sample_steps", 20))
         self.resolution = int(self.meta.get("resolution", self.unet.config.sample_size))
+        # cached: once training wraps the UNet (DistributedDataParallel) it has no .config
+        self.in_channels = int(self.unet.config.in_channels)
         self.time_scale = float(self.meta.get("flow_time_scale") or 1000.0)
         self.max_length = int(self.tokenizer.model_max_length)
         if device is not None or dtype is not None:
@@ -148,7 +150,7 @@ class TinyAdapter(ModelAdapter):
 
     # -- the network -----------------------------------------------------
     def latent_shape(self) -> tuple[int, ...]:
-        return (int(self.unet.config.in_channels), self.resolution, self.resolution)
+        return (self.in_channels, self.resolution, self.resolution)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
@@ -183,7 +185,7 @@ class TinyAdapter(ModelAdapter):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         with quiet_hf():
-            merged_copy(self.unet).save_pretrained(out / "unet")
+            merged_copy(getattr(self.unet, "module", self.unet)).save_pretrained(out / "unet")
             self.text_encoder.save_pretrained(out / "text_encoder")
             self.tokenizer.save_pretrained(out / "tokenizer")
             self.scheduler.save_pretrained(out / "scheduler")

@@ -58,19 +58,30 @@ def draw_noise(
     generator: torch.Generator | None,
     group_ids: torch.Tensor | None = None,
     share_initial: bool = False,
+    rows: tuple[int, int] | None = None,
+    groups_total: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial states (B, *shape) and per-step noise (B, T, *shape), float32 on CPU.
 
     With ``share_initial`` all members of a group start from the same noise
     (DanceGRPO); their per-step noise still differs.
+
+    ``rows = (offset, total)``: this batch is rows ``offset .. offset + B`` of a global
+    batch of ``total`` (one process's share); the noise of the whole global batch is
+    drawn and sliced, so N processes see exactly what one process would.  ``group_ids``
+    are then global, ``groups_total`` of them.
     """
+    offset, total = rows if rows is not None else (0, batch)
     if share_initial and group_ids is not None:
-        uniq, inverse = torch.unique(group_ids, return_inverse=True)
-        per_group = torch.randn((len(uniq), *shape), generator=generator)
-        x0 = per_group[inverse]
+        if groups_total is None:
+            uniq, inverse = torch.unique(group_ids, return_inverse=True)
+            per_group = torch.randn((len(uniq), *shape), generator=generator)
+            x0 = per_group[inverse]
+        else:
+            x0 = torch.randn((groups_total, *shape), generator=generator)[group_ids]
     else:
-        x0 = torch.randn((batch, *shape), generator=generator)
-    z = torch.randn((batch, steps, *shape), generator=generator)
+        x0 = torch.randn((total, *shape), generator=generator)[offset:offset + batch]
+    z = torch.randn((total, steps, *shape), generator=generator)[offset:offset + batch]
     return x0, z
 
 
@@ -89,12 +100,15 @@ def rollout(
     progress: bool = False,
     decode: bool = True,
     predict_fn=None,
+    noise_rows: tuple[int, int] | None = None,
+    groups_total: int | None = None,
 ) -> Trajectory:
     """Sample one trajectory per prompt.
 
     ``predict_fn(x, t, cond, uncond, scale)`` replaces the adapter's guided
     prediction (used by implicit reward guidance); default
-    ``adapter.predict_guided``.
+    ``adapter.predict_guided``.  ``noise_rows``/``groups_total``: this is one process's
+    share of a global batch (see :func:`draw_noise`).
     """
     B = len(prompts)
     T = grid.num_steps
@@ -102,7 +116,7 @@ def rollout(
     metadata = metadata if metadata is not None else [{} for _ in prompts]
     group_ids = group_ids if group_ids is not None else torch.arange(B)
     shape = tuple(adapter.latent_shape())
-    x_init, z_all = draw_noise(B, T, shape, generator, group_ids, share_initial_noise)
+    x_init, z_all = draw_noise(B, T, shape, generator, group_ids, share_initial_noise, noise_rows, groups_total)
 
     cond = {k: v.cpu() for k, v in adapter.encode_prompts(prompts).items()}
     uncond = {k: v.cpu() for k, v in adapter.null_cond(B).items()} if g != 1.0 else None

@@ -187,8 +187,11 @@ def sample_flags():
 
 
 def train_launcher():
+    """`pcpo` for one process; for resources.train_gpus = N > 1, torchrun starting N processes
+    (gloo on CPUs, NCCL on GPUs: the trainer's Accelerator reads torchrun's environment).
+    `accelerate launch --cpu --num_processes N` starts one process, and --multi_gpu needs GPUs."""
     n = int(config.get("resources", {}).get("train_gpus", 0))
     if n > 1:
-        return f"accelerate launch --num_processes {n} --multi_gpu -m pcpo.cli"
+        return f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone --nproc_per_node {n} -m pcpo.cli"
     return PCPO
 

@@ -1,5 +1,5 @@
 # One RL run per (base model, reward, algorithm, seed); resumes from its last checkpoint.
-# With resources.train_gpus > 1 the run is started by `accelerate launch` (one process per GPU).
+# With resources.train_gpus > 1 the run is started by torchrun (one process per GPU; see train_launcher).
 
 
 rule train:

@@ -1,0 +1,87 @@
+"""Two real CPU processes (torchrun, gloo) run `pcpo train`: they start, split the
+batch in whole groups, see the same rollouts, rewards and advantages as one process
+with the same global batch and seed, end one epoch with the same parameters, write
+one checkpoint, and resume after a kill to the same numbers."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import ROOT, pcpo_cmd
+from tests.integration.test_trainer import TIME_COLS, make_config
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(n: int, *args: str) -> list[str]:
+    """The command the workflow's train_launcher builds for resources.train_gpus = n."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+            "-m", "pcpo.cli", *args]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _train(cmd, out, env=None):
+    r = subprocess.run(cmd + ["--out", str(out), "--no-progress"], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
+    return r
+
+
+# 8 samples (4 groups of 2); one optimizer step per epoch on either world size, every step trained
+SAME = ["--set", "train.timestep_fraction=1.0", "--set", "train.device=cpu"]
+
+
+@pytest.mark.parametrize("algorithm,family", [("ddpo", "eps"), ("dancegrpo", "flow"), ("flow_grpo", "flow"),
+                                              ("pcpo-dancegrpo", "flow")])
+def test_two_processes_match_one(tmp_path, tiny_models, algorithm, family):
+    cfg = make_config(tmp_path, tiny_models[family], family, epochs=1, prompts_per_epoch=4, group_size=2,
+                      train_batch_size=2)
+    base = ["train", "--config", str(cfg), "--algorithm", algorithm, "--seed", "1", *SAME]
+    one = _train(pcpo_cmd(*base, "--set", "train.gradient_accumulation=4"), tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train(torchrun(2, *base, "--set", "train.gradient_accumulation=2"), tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "over 2 processes (4 each)" in two.stdout and "8 samples per optimizer step" in two.stdout
+    r1, r2 = _rows(tmp_path / "one" / "metrics.csv"), _rows(tmp_path / "two" / "metrics.csv")
+    for k in ("reward_mean", "reward_std", "reward_min", "reward_max", "adv_abs_mean", "samples"):
+        assert float(r1[0][k]) == pytest.approx(float(r2[0][k]), rel=1e-6, abs=1e-7), k
+    assert r1[0]["optimizer_steps"] == r2[0]["optimizer_steps"] == "1"
+    ck = "checkpoints/epoch_000000/trainable.safetensors"
+    a, b = load_file(str(tmp_path / "one" / ck)), load_file(str(tmp_path / "two" / ck))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
+
+
+def test_two_process_kill_resumes_to_the_same_numbers(tmp_path, tiny_models):
+    cfg = make_config(tmp_path, tiny_models["flow"], "flow", epochs=3, prompts_per_epoch=4, group_size=2,
+                      train_batch_size=2, gradient_accumulation=1, checkpoint_every=1)
+    base = torchrun(2, "train", "--config", str(cfg), "--algorithm", "dancegrpo", "--seed", "2", *SAME)
+    full = _train(base, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _train(base, tmp_path / "killed", env={"PCPO_FAULT_AFTER_EPOCH": "1"})
+    assert killed.returncode != 0
+    again = _train(base, tmp_path / "killed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    a, b = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "killed" / "metrics.csv")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in TIME_COLS | {"time_recompute"}} == \
+               {k: v for k, v in rb.items() if k not in TIME_COLS | {"time_recompute"}}
+
+
+def test_workflow_launcher_starts_n_processes():
+    import re
+
+    text = (ROOT / "workflow/rules/common.smk").read_text()
+    fn = re.search(r"def train_launcher\(\):.*?return PCPO", text, re.S).group(0)
+    assert "torch.distributed.run" in fn and "--nproc_per_node {n}" in fn and "accelerate launch" not in fn.split('"""')[-1]
