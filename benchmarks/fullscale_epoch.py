@@ -398,8 +398,8 @@ def bench_algorithm(alg: str, cfg, run_dir: Path, dev: torch.device, save_checkp
     from pcpo.trainer import Trainer
 
     class BenchTrainer(Trainer):
-        def save(self, epoch):  # the LoRA + optimizer state of 12B FLUX is GBs: not part of an epoch's time
-            return super().save(epoch) if save_checkpoints else self.out
+        def save(self, epoch, rank_rng=None):  # the LoRA + optimizer state of 12B FLUX is GBs: not part of an epoch's time
+            return super().save(epoch, rank_rng) if save_checkpoints else self.out
 
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an earlier invocation's
     cuda = dev.type == "cuda"

@@ -84,16 +84,12 @@ def step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, step_std: torch.Tensor, 
     raise ValueError(f"kl_form must be one of {KL_FORMS}, got {form!r}")
 
 
-def clip_fractions(log_ratio: torch.Tensor, inactive: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element indicators of the two clip fractions that get logged.
-
-    ``outside``: ``|rho - 1| > xi``, two-sided, what DDPO, DanceGRPO and Flow-GRPO
-    log as ``clipfrac``; ``inactive``: the objective's gradient is zero (the clip or
-    the hinge removed it on the side the advantage pushes), the paper's clip fraction.
-    """
+def outside_clip_range(log_ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """``|rho - 1| > xi``, two-sided, per element: what DDPO, DanceGRPO and Flow-GRPO log as
+    ``clipfrac``.  (The objective's own ``inactive`` mask, where the clip or the hinge removed
+    the gradient, is the paper's clip fraction; both are logged.)"""
     with torch.no_grad():
-        outside = (torch.exp(log_ratio.detach()) - 1.0).abs() > clip_range
-    return outside, inactive
+        return (torch.exp(log_ratio.detach()) - 1.0).abs() > clip_range
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:

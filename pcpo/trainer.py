@@ -31,7 +31,7 @@ from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict
 from pcpo.credit import CreditPlan, plan_credit
 from pcpo.models import load_model
-from pcpo.objectives import Objective, approx_kl, clip_fractions, step_kl
+from pcpo.objectives import Objective, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
 from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
@@ -183,7 +183,6 @@ class Trainer:
                                      weight_decay=t.weight_decay)
         den, self.opt = self.acc.prepare(den, self.opt)
         self.model.denoiser = den
-        self.ema = None  # set below once the settings are known
 
         self.plan: CreditPlan = plan_credit(
             self.model.schedule(), self.st.sampler, cfg.sampling.steps, eta=self.st.eta,
@@ -193,8 +192,7 @@ class Trainer:
         self.grid = self.plan.sample_grid
         self.ema_updates = 0
         self.global_step = 0  # optimizer steps since the start of the run
-        if self.st.ema_decay is not None:
-            self.ema = [p.detach().clone() for p in self.params]
+        self.ema = [p.detach().clone() for p in self.params] if self.st.ema_decay is not None else None
         self.objective = Objective(self.fw.objective, self.fw.objective_form, self.st.clip_range)
         self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.options)
         self.prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
@@ -235,14 +233,14 @@ class Trainer:
                 f"(train.old_logprobs: {self.cfg.train.old_logprobs})")
 
     # ------------------------------------------------------------------ resume
-    def _state(self, epoch: int) -> dict:
+    def _state(self, epoch: int, rank_rng: list | None = None) -> dict:
         return {
             "epoch": epoch,
             "optimizer": self.opt.state_dict(),
             "gen_prompt": self.gen_prompt.get_state(), "gen_rollout": self.gen_rollout.get_state(),
             "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
             # per process: [(gen_train, torch_rng)] by rank (the entries above are rank 0's)
-            "rank_rng": getattr(self, "_rank_rng", None),
+            "rank_rng": rank_rng,
             "tracker": self.tracker.state_dict() if self.tracker else None,
             "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "ema_updates": self.ema_updates,
             "global_step": self.global_step,
@@ -263,7 +261,7 @@ class Trainer:
             "framework": self.fw.summary(),
         }
 
-    def save(self, epoch: int) -> Path:
+    def save(self, epoch: int, rank_rng: list | None = None) -> Path:
         den = self.acc.unwrap_model(self.model.denoiser)
         trainable = ck.trainable_state(den, self.lora)
         ema = None
@@ -271,7 +269,7 @@ class Trainer:
             names = [n for n, p in den.named_parameters() if p.requires_grad]
             full = dict(zip(names, self.ema))
             ema = {k: full.get(k, v) for k, v in trainable.items()} if not self.lora else self._ema_lora(den)
-        path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, self._state(epoch), ema)
+        path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, self._state(epoch, rank_rng), ema)
         log.info("checkpoint written: %s", path)
         return path
 
@@ -300,11 +298,14 @@ class Trainer:
         self.opt.load_state_dict(st["optimizer"])
         self.gen_prompt.set_state(st["gen_prompt"])
         self.gen_rollout.set_state(st["gen_rollout"])
-        mine = (st.get("rank_rng") or [None] * (self.rank + 1))
-        if len(mine) != self.world and st.get("rank_rng"):
-            raise ConfigError(f"--out: {last} was written by {len(mine)} processes; resume it with as many "
+        rank_rng = st.get("rank_rng")
+        if rank_rng is None:  # a checkpoint from before per-process streams were saved
+            g, r = st["gen_train"], st["torch_rng"]
+        elif len(rank_rng) != self.world:
+            raise ConfigError(f"--out: {last} was written by {len(rank_rng)} processes; resume it with as many "
                               f"(this run has {self.world})")
-        g, r = mine[self.rank] if mine[self.rank] is not None else (st["gen_train"], st["torch_rng"])
+        else:
+            g, r = rank_rng[self.rank]
         self.gen_train.set_state(g)
         torch.set_rng_state(r)
         if self.tracker and st["tracker"]:
@@ -359,11 +360,11 @@ class Trainer:
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", clip=f"{row['clipfrac']:.2f}")
             ckpt = (epoch + 1) % self.cfg.train.checkpoint_every == 0 or epoch == epochs - 1
             # every process's own random streams travel with the checkpoint (a collective: all ranks call it)
-            self._rank_rng = self._gather_rank_rng() if ckpt else None
+            rank_rng = self._gather_rank_rng() if ckpt else None
             if self.acc.is_main_process:
                 self._write_logs(row)
                 if ckpt:
-                    self.save(epoch)
+                    self.save(epoch, rank_rng)
             if ckpt and self.world > 1:
                 self.acc.wait_for_everyone()
             if fault is not None and int(fault) == epoch:
@@ -489,6 +490,24 @@ class Trainer:
         finally:
             den.enable_adapters()
 
+    def _score(self, traj: Trajectory, rows: torch.Tensor, idx: torch.Tensor, cond, uncond):
+        """The training forward of rows ``rows`` at their steps ``idx``: the guided prediction,
+        the step re-scored at the stored next state, and the objective's log-ratio against the
+        stored old values.  The update and the recompute pass both score through here, so the
+        recomputed old values come from exactly the training computation."""
+        dev, red = self.acc.device, self.cfg.sampling.reduction
+        x = traj.states[rows, idx].to(dev)
+        x_next = traj.states[rows, idx + 1].to(dev)
+        tt = self.grid.model_time(idx).to(dev)
+        pred = self.model.predict_guided(x.to(DTYPES[self.cfg.model.dtype]), tt, cond, uncond, self.st.guidance_scale,
+                                         cfg_grad=self.st.cfg_grad)
+        out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
+        lr_ = self.objective.log_ratio(
+            step_weight=self.plan.train_weight.float()[idx].to(dev), grid_weight=self.plan.grid_weight.float()[idx].to(dev),
+            new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
+            delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev), reduction=red)
+        return x, x_next, tt, pred, out, lr_
+
     def _gather_rank_rng(self) -> list:
         state = (self.gen_train.get_state(), torch.get_rng_state())
         if self.world == 1:
@@ -506,10 +525,8 @@ class Trainer:
         rollout's batches and the training's (bf16, other kernels) then no longer reach the
         ratio.  Returns the rollout-vs-recomputed |log rho| per step (sum, max, count),
         measured with the objective's own log-ratio before the values are replaced."""
-        dev, mdtype = self.acc.device, DTYPES[self.cfg.model.dtype]
-        red = self.cfg.sampling.reduction
+        dev = self.acc.device
         B, T = traj.batch_size, traj.num_steps
-        tw, gw = self.plan.train_weight.float(), self.plan.grid_weight.float()
         done = torch.zeros(B, T, dtype=torch.bool)
         s_abs = torch.zeros(T, dtype=torch.float64)
         s_max = torch.zeros(T, dtype=torch.float64)
@@ -524,17 +541,8 @@ class Trainer:
                     fresh = ~done[rows, idx]
                     if not fresh.any():
                         continue
-                    x = traj.states[rows, idx].to(dev)
-                    x_next = traj.states[rows, idx + 1].to(dev)
-                    pred = self.model.predict_guided(x.to(mdtype), self.grid.model_time(idx).to(dev), cond, uncond,
-                                                     self.st.guidance_scale, cfg_grad=self.st.cfg_grad)
-                    out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
-                    lr_ = self.objective.log_ratio(
-                        step_weight=tw[idx].to(dev), grid_weight=gw[idx].to(dev),
-                        new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
-                        delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev),
-                        reduction=red).abs().double().cpu()
-                    r, i, a = rows[fresh], idx[fresh], lr_[fresh]
+                    _, _, _, pred, out, lr_ = self._score(traj, rows, idx, cond, uncond)
+                    r, i, a = rows[fresh], idx[fresh], lr_.abs().double().cpu()[fresh]
                     s_abs.index_add_(0, i, a)
                     s_n.index_add_(0, i, torch.ones(len(r)))
                     s_max.scatter_reduce_(0, i, a, reduce="amax")
@@ -568,8 +576,6 @@ class Trainer:
         mdtype = DTYPES[self.cfg.model.dtype]
         B, T = traj.batch_size, traj.num_steps
         K = self.trained_steps()
-        tw = self.plan.train_weight.float()
-        gw = self.plan.grid_weight.float()
         accum = cfg.gradient_accumulation
         scale = 1.0 / (K * accum)
         den = self.model.denoiser
@@ -602,18 +608,8 @@ class Trainer:
                 with ctx:
                     for j in range(K):
                         idx = tsel[rows, j]
-                        x = traj.states[rows, idx].to(dev)
-                        x_next = traj.states[rows, idx + 1].to(dev)
-                        tt = self.grid.model_time(idx).to(dev)
-                        pred = self.model.predict_guided(x.to(mdtype), tt, cond, uncond, self.st.guidance_scale,
-                                                         cfg_grad=self.st.cfg_grad)
+                        x, x_next, tt, pred, out, lr_ = self._score(traj, rows, idx, cond, uncond)
                         pred.retain_grad()
-                        out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=self.cfg.sampling.reduction)
-                        lr_ = self.objective.log_ratio(
-                            step_weight=tw[idx].to(dev), grid_weight=gw[idx].to(dev),
-                            new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
-                            delta=pred.float() - traj.preds[rows, idx].to(dev), noise=traj.noise[rows, idx].to(dev),
-                            reduction=self.cfg.sampling.reduction)
                         if inner == 0 and opt_steps == 0:
                             a = lr_.detach().abs()
                             m = float(a.max())
@@ -651,7 +647,7 @@ class Trainer:
                             gnorm = pred.grad.float().flatten(1).norm(dim=1).double().cpu() if pred.grad is not None \
                                 else torch.zeros(len(rows), dtype=torch.float64)
                             gshare.index_add_(0, idx, gnorm)
-                            outside, _ = clip_fractions(lr_, inactive, self.st.clip_range)
+                            outside = outside_clip_range(lr_, self.st.clip_range)
                             clip_n.index_add_(0, idx, inactive.float().cpu())
                             out_n.index_add_(0, idx, outside.float().cpu())
                             cnt.index_add_(0, idx, torch.ones(len(rows)))

@@ -177,13 +177,13 @@ def test_trained_step_sets_of_each_framework():
 
 # -------------------------------------------------------------------- clip frac
 def test_two_clip_fractions():
-    from pcpo.objectives import clip_fractions, log_hinge_loss, ppo_clip_loss
+    from pcpo.objectives import log_hinge_loss, outside_clip_range, ppo_clip_loss
 
     xi = 1e-4
     lr = torch.tensor([3e-4, 3e-4, -3e-4, 5e-5])
     adv = torch.tensor([1.0, -1.0, 1.0, 1.0])
     _, inactive = ppo_clip_loss(lr, adv, xi)
-    outside, _ = clip_fractions(lr, inactive, xi)
+    outside = outside_clip_range(lr, xi)
     # the references' clipfrac: |rho - 1| > xi on either side, whatever the advantage
     assert outside.tolist() == [True, True, True, False]
     # the gradient is removed only where the clip binds on the advantage's side
