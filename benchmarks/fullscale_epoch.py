@@ -32,7 +32,12 @@ the encode/decode/reference calls a full-scale epoch makes) and the first-step
 log-ratio check (``logratio_first_max``, the max over both epochs; the trainer's
 own tolerance check is relaxed here (``--logratio-tolerance``) so that a
 mismatch is reported next to the timings instead of aborting them; ``logratio_ok``
-compares it with the trainer's default 1e-4).
+compares it with the trainer's default 1e-4).  ``--old-logprobs rollout recompute``
+runs each algorithm once per mode of ``train.old_logprobs``: each result gives the
+rollout's own mismatch with the training forward (``rollout_mismatch_max``), and a
+recomputing run the pass's seconds and ``recompute_cost``, the training phase with
+the pass over the phase without it.  A recomputing run keeps the trainer's own 1e-4
+check (``--recompute-tolerance``): if it stops, recompute did not do its job.
 
 Batches (per epoch): SD1.5 512px, 2 prompts x 4 images, 10 DDIM steps, micro-batch 4
 (CFG doubles it in every forward), LoRA rank 4.  FLUX 512px, 1 prompt x 2 images,
@@ -351,7 +356,8 @@ def register_brightness_reward() -> str:
     return REWARD_NAME
 
 
-def make_config(spec: Spec, folder: Path, device: str, dtype: str, logratio_tolerance: float, epochs: int = 2):
+def make_config(spec: Spec, folder: Path, device: str, dtype: str, logratio_tolerance: float, epochs: int = 2,
+                old_logprobs: str = "auto"):
     from pcpo.config import load_config
 
     return load_config(None, {
@@ -363,7 +369,7 @@ def make_config(spec: Spec, folder: Path, device: str, dtype: str, logratio_tole
         "sampling": {"steps": spec.steps, "batch_size": spec.train_batch_size},
         "train": {"epochs": epochs, "prompts_per_epoch": spec.prompts_per_epoch, "group_size": spec.group_size,
                   "train_batch_size": spec.train_batch_size, "checkpoint_every": 1_000_000, "lr": 1e-4,
-                  "device": device, "logratio_tolerance": float(logratio_tolerance)},
+                  "device": device, "logratio_tolerance": float(logratio_tolerance), "old_logprobs": old_logprobs},
         "lora": {"enabled": True, "rank": spec.lora_rank, "alpha": float(spec.lora_rank)},
     })
 
@@ -398,8 +404,8 @@ def bench_algorithm(alg: str, cfg, run_dir: Path, dev: torch.device, save_checkp
     from pcpo.trainer import Trainer
 
     class BenchTrainer(Trainer):
-        def save(self, epoch, rank_rng=None):  # the LoRA + optimizer state of 12B FLUX is GBs: not part of an epoch's time
-            return super().save(epoch, rank_rng) if save_checkpoints else self.out
+        def save(self, epoch, rank_rng=None, gathered=None):  # 12B FLUX's LoRA + optimizer state: GBs, not an epoch's time
+            return super().save(epoch, rank_rng, gathered) if save_checkpoints else self.out
 
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an earlier invocation's
     cuda = dev.type == "cuda"
@@ -418,7 +424,14 @@ def bench_algorithm(alg: str, cfg, run_dir: Path, dev: torch.device, save_checkp
     model_s = model_only_time(tr)
     epoch_s = float(last["time_epoch"])
     lr_max = max(float(r["logratio_first_max"]) for r in rows)
+    recompute_s = _f(last.get("time_recompute")) or 0.0
+    train_only = float(last["time_train"]) - recompute_s
     res = {
+        "old_logprobs": cfg.train.old_logprobs, "recomputed": tr.recompute, "recompute_s": recompute_s,
+        # the training phase with the recompute pass over the phase without it (issue target: <= 1.35)
+        "recompute_cost": float(last["time_train"]) / train_only if tr.recompute and train_only > 0 else None,
+        # the rollout's own |log rho| against the training forward, max over both epochs
+        "rollout_mismatch_max": max(_f(r.get("rollout_mismatch_max")) or 0.0 for r in rows),
         "seconds_per_epoch": epoch_s, "rollout_s": float(last["time_rollout"]), "train_s": float(last["time_train"]),
         "reward_s": float(last["time_reward"]), "warmup_epoch_s": float(rows[0]["time_epoch"]),
         "setup_s": setup_s, "model_only_s": model_s, "overhead": epoch_s / model_s if model_s > 0 else None,
@@ -453,7 +466,8 @@ def _free(dev: torch.device, holder: dict) -> dict:
 
 
 def format_line(model: str, r: dict) -> str:
-    head = f"RESULT {model} {r['algorithm']}:"
+    mode = f" [{r['old_logprobs']}]" if r.get("old_logprobs") else ""
+    head = f"RESULT {model} {r['algorithm']}{mode}:"
     if r["status"] != "ok":
         return f"{head} {r['status']}" + (f" -- {r['error']}" if r.get("error") else "")
 
@@ -464,6 +478,8 @@ def format_line(model: str, r: dict) -> str:
             f"{r['train_s']:.2f} s, reward {r['reward_s']:.2f} s), peak GPU {fmt(r['peak_gpu_gib'], '.2f')} GiB, "
             f"overhead {fmt(r['overhead'], '.3f')} (model-only {r['model_only_s']:.2f} s), "
             f"logratio {r['logratio_first_max']:.3e} {'ok' if r['logratio_ok'] else 'MISMATCH(>1e-4)'}, "
+            f"rollout mismatch {r['rollout_mismatch_max']:.3e}"
+            f"{', recompute ' + format(r['recompute_s'], '.2f') + ' s = ' + fmt(r['recompute_cost'], '.3f') + 'x the training phase' if r['recomputed'] else ''}, "
             f"setup {r['setup_s']:.1f} s, loss {fmt(r['loss'], '.4g')}, grad_norm {fmt(r['grad_norm'], '.4g')}"
             f"{'' if r.get('freed', True) else ', NOT FREED'}")
 
@@ -536,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--logratio-tolerance", type=float, default=1e30,
                     help="the trainer's first-step check (default: never aborts; the value is reported)")
+    ap.add_argument("--old-logprobs", nargs="+", choices=["auto", "rollout", "recompute"], default=["auto"],
+                    help="train.old_logprobs: each algorithm runs once per value given (e.g. rollout recompute)")
+    ap.add_argument("--recompute-tolerance", type=float, default=1e-4,
+                    help="the first-step check of the runs that recompute (default: the trainer's own 1e-4, so a "
+                         "recomputed run that disagrees with its training forward stops, as it would for real)")
     ap.add_argument("--save-checkpoints", action="store_true", help="let the trainer write its checkpoints")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for CPU runs)")
     ap.add_argument("--meta-check", action="store_true",
@@ -640,8 +661,8 @@ def _main(ap, args) -> int:
 
     durations: list[float] = []
     interrupted = False
-    for alg in algorithms:
-        rec = {"model": args.model, "algorithm": alg}
+    for alg, mode in [(a, m) for a in algorithms for m in args.old_logprobs]:
+        rec = {"model": args.model, "algorithm": alg, "old_logprobs": mode}
         elapsed = time.perf_counter() - start
         est = min(durations) if durations else 0.0
         if interrupted:
@@ -653,8 +674,11 @@ def _main(ap, args) -> int:
             holder: dict = {}
             a0 = time.perf_counter()
             try:
-                cfg = make_config(spec, folder, device, dtype, args.logratio_tolerance)
-                rec.update(bench_algorithm(alg, cfg, out / "runs" / alg, dev, args.save_checkpoints, holder))
+                recomputes = mode == "recompute" or (mode == "auto" and (dtype != "float32" or dev.type == "cuda"))
+                tol = args.recompute_tolerance if recomputes else args.logratio_tolerance
+                cfg = make_config(spec, folder, device, dtype, tol, old_logprobs=mode)
+                rec.update(bench_algorithm(alg, cfg, out / "runs" / f"{alg}-{mode}", dev, args.save_checkpoints,
+                                           holder))
                 rec["status"] = "ok"
             except KeyboardInterrupt:
                 rec["status"] = "interrupted"

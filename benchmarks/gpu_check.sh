@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes on one H100: each step has a timeout (SIGTERM, SIGKILL 10 s later; at
-# most 75 + 130 + 50 + 200 s), and the full-scale ones a --time-budget after which they skip the algorithms left:
+# most 75 + 180 + 50 + 170 s), and the full-scale ones a --time-budget after which they skip the algorithms left:
 #   0. nvidia-smi -L, torch/CUDA versions, the Python packages the steps import
 #   1. benchmarks/trainer_overhead.py --epochs 2 --config config/tiny.yaml   (tiny world)  timeout  75 s
-#   2. benchmarks/fullscale_epoch.py --model sd15 --scale real              budget  90 s, timeout 130 s
+#   2. benchmarks/fullscale_epoch.py --model sd15 --scale real --old-logprobs rollout recompute
+#      (DDPO and PCPO-DDPO, bf16, each with the rollout's and with recomputed old log-probs: the
+#      first-step |log rho| of each and the recompute's cost)             budget 140 s, timeout 180 s
 #   3. benchmarks/forward_consistency.py --model sd15 --scale real          (which difference between the
 #      rollout's and the training forward moves the SD1.5 prediction)                   timeout  50 s
-#   4. benchmarks/fullscale_epoch.py --model flux --scale real              budget 150 s, timeout 200 s
+#   4. benchmarks/fullscale_epoch.py --model flux --scale real              budget 130 s, timeout 170 s
 # Shorter limits: GPU_CHECK_{TINY,SD,CONSISTENCY,FLUX}_TIMEOUT and GPU_CHECK_{SD,FLUX}_BUDGET (seconds).
 # Runs from a plain checkout with the machine's own python3 (PYTHON=... to choose another) and
 # PYTHONPATH=$PWD (an existing PYTHONPATH is kept after it); installs nothing.  Everything is
@@ -90,12 +92,13 @@ EOF
     fi
     step "1 trainer_overhead tiny" "${GPU_CHECK_TINY_TIMEOUT:-75}" "$PY" benchmarks/trainer_overhead.py --epochs 2 --config config/tiny.yaml \
         ${jo[@]+"${jo[@]}"}
-    step "2 fullscale sd15 real" "${GPU_CHECK_SD_TIMEOUT:-130}" "$PY" benchmarks/fullscale_epoch.py --model sd15 --scale real \
-        --time-budget "${GPU_CHECK_SD_BUDGET:-90}" --out "$WORK/sd15" ${js[@]+"${js[@]}"}
+    step "2 fullscale sd15 real" "${GPU_CHECK_SD_TIMEOUT:-180}" "$PY" benchmarks/fullscale_epoch.py --model sd15 --scale real \
+        --algorithms ddpo pcpo-ddpo --old-logprobs rollout recompute \
+        --time-budget "${GPU_CHECK_SD_BUDGET:-140}" --out "$WORK/sd15" ${js[@]+"${js[@]}"}
     step "3 forward consistency sd15 real" "${GPU_CHECK_CONSISTENCY_TIMEOUT:-50}" "$PY" benchmarks/forward_consistency.py \
         --model sd15 --scale real --out "$WORK/consistency" ${jc[@]+"${jc[@]}"}
-    step "4 fullscale flux real" "${GPU_CHECK_FLUX_TIMEOUT:-200}" "$PY" benchmarks/fullscale_epoch.py --model flux --scale real \
-        --time-budget "${GPU_CHECK_FLUX_BUDGET:-150}" --out "$WORK/flux" ${jf[@]+"${jf[@]}"}
+    step "4 fullscale flux real" "${GPU_CHECK_FLUX_TIMEOUT:-170}" "$PY" benchmarks/fullscale_epoch.py --model flux --scale real \
+        --time-budget "${GPU_CHECK_FLUX_BUDGET:-130}" --out "$WORK/flux" ${jf[@]+"${jf[@]}"}
 
     echo
     echo "=== gpu_check summary ($SECONDS s in all)"

@@ -110,6 +110,9 @@ class TrainConfig:
     #: where the old log-probs come from: the rollout's, or a no-grad pass of the training forward in
     #: the training layout before the first update; auto recomputes unless float32 on a CPU
     old_logprobs: str = "auto"  # rollout | recompute | auto
+    #: how the denoiser is spread over processes: "none" (each holds it whole; DDP when N > 1) or
+    #: "fsdp" (torch's fully_shard, one unit per block; a full fine-tune, as DanceGRPO's FSDP script)
+    sharding: str = "none"
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
     deterministic_kernels: bool = True  # CUDA: no TF32, deterministic cuDNN (see Trainer._setup)
@@ -260,6 +263,11 @@ def validate(cfg: TrainingConfig) -> None:
         raise ConfigError(f"sampling.reduction: must be 'mean' or 'sum', got {s.reduction!r}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if t.sharding not in ("none", "fsdp"):
+        raise ConfigError(f"train.sharding: must be 'none' or 'fsdp', got {t.sharding!r}")
+    if t.sharding == "fsdp" and cfg.lora.enabled:
+        raise ConfigError("train.sharding: fsdp shards a full fine-tune; set lora.enabled: false, or keep "
+                          "train.sharding: none for LoRA (its weights are small enough to replicate)")
     if t.old_logprobs not in ("rollout", "recompute", "auto"):
         raise ConfigError(f"train.old_logprobs: must be 'rollout', 'recompute' or 'auto', got {t.old_logprobs!r}")
     if t.kl_reference not in ("auto", "copy"):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pcpo import checkpoint as ck
+from pcpo import sharding
 from pcpo.advantages import PerPromptStatTracker, clip_advantages, group_advantages
 from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict
@@ -179,9 +180,17 @@ class Trainer:
             self.ref_model = copy.deepcopy(den).requires_grad_(False)
 
         t = cfg.train
+        # FSDP (train.sharding: fsdp) over N > 1 processes: the denoiser is sharded in place and the
+        # optimizer holds this rank's shards; one process has nothing to shard and runs unsharded
+        self.sharded = t.sharding == "fsdp" and self.world > 1
+        if self.sharded:
+            units = sharding.shard(den, self.model.fsdp_block_classes, self.acc.device)
+            log.info("FSDP: denoiser sharded over %d processes in %d block units + the root", self.world, len(units))
+            self.params = [p for p in den.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
                                      weight_decay=t.weight_decay)
-        den, self.opt = self.acc.prepare(den, self.opt)
+        if not self.sharded:
+            den, self.opt = self.acc.prepare(den, self.opt)
         self.model.denoiser = den
 
         self.plan: CreditPlan = plan_credit(
@@ -222,7 +231,8 @@ class Trainer:
         return (f"{self.name} on {self.cfg.model.kind} ({self.st.sampler}, credit "
                 f"{'proportional' if self.fw.proportional else 'native'}, {self.fw.objective}/{self.fw.objective_form}); "
                 f"batch: {a['groups']} prompts x {a['group_size']} images = {a['samples_per_epoch']} samples/epoch"
-                f"{' over ' + str(a['processes']) + ' processes (' + str(a['samples_per_process']) + ' each)' if a['processes'] > 1 else ''}; "
+                f"{' over ' + str(a['processes']) + ' processes (' + str(a['samples_per_process']) + ' each)' if a['processes'] > 1 else ''}"
+                f"{', denoiser sharded (FSDP)' if self.sharded else ''}; "
                 f"{a['sampler_steps']} sampler steps, {a['trained_steps_per_sample']} trained per sample "
                 f"({self.st.step_selection}); micro-batch {a['micro_batch']} x accumulation "
                 f"{a['gradient_accumulation']}{' x ' + str(a['processes']) + ' processes' if a['processes'] > 1 else ''}"
@@ -261,15 +271,34 @@ class Trainer:
             "framework": self.fw.summary(),
         }
 
-    def save(self, epoch: int, rank_rng: list | None = None) -> Path:
+    def gather_sharded(self) -> dict | None:
+        """With FSDP, the whole weights, optimizer state and EMA on rank 0 for ``save`` (a
+        collective: every rank calls it at a checkpoint); None when nothing is sharded."""
+        if not self.sharded:
+            return None
+        den = self.model.denoiser
+        names = [n for n, p in den.named_parameters() if p.requires_grad]
+        return {"trainable": sharding.full_model_state(den),
+                "optimizer": sharding.full_optimizer_state(den, self.opt),
+                "ema": dict(zip(names, [sharding.full_tensor(e) for e in self.ema])) if self.ema is not None else None}
+
+    def save(self, epoch: int, rank_rng: list | None = None, gathered: dict | None = None) -> Path:
         den = self.acc.unwrap_model(self.model.denoiser)
-        trainable = ck.trainable_state(den, self.lora)
+        state = self._state(epoch, rank_rng)
         ema = None
-        if self.ema is not None:
-            names = [n for n, p in den.named_parameters() if p.requires_grad]
-            full = dict(zip(names, self.ema))
-            ema = {k: full.get(k, v) for k, v in trainable.items()} if not self.lora else self._ema_lora(den)
-        path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, self._state(epoch, rank_rng), ema)
+        if gathered is not None:
+            trainable = gathered["trainable"]
+            state["optimizer"] = gathered["optimizer"]
+            if gathered["ema"] is not None:
+                ema = {k: gathered["ema"].get(k, v) for k, v in trainable.items()}
+        else:
+            trainable = ck.trainable_state(den, self.lora)
+            if self.ema is not None:
+                names = [n for n, p in den.named_parameters() if p.requires_grad]
+                full = dict(zip(names, self.ema))
+                ema = {k: full.get(k, v) for k, v in trainable.items()} if not self.lora else self._ema_lora(den)
+        state["sharding"] = "fsdp" if self.sharded else "none"
+        path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, state, ema)
         log.info("checkpoint written: %s", path)
         return path
 
@@ -293,9 +322,17 @@ class Trainer:
             raise ConfigError(f"--out: {self.out} holds a run of {meta['algorithm']} seed {meta['seed']}; "
                               "use another output folder")
         den = self.acc.unwrap_model(self.model.denoiser)
-        ck.apply_trainable(den, ck.load_trainable(last), self.lora)
         st = torch.load(last / "state.pt", weights_only=False)
-        self.opt.load_state_dict(st["optimizer"])
+        written = st.get("sharding", "none")
+        if written != ("fsdp" if self.sharded else "none"):
+            raise ConfigError(f"--out: {last} was written with train.sharding: {written} over "
+                              f"{len(st.get('rank_rng') or [0])} processes; resume it the same way")
+        if self.sharded:
+            sharding.load_full_model_state(den, ck.load_trainable(last))
+            sharding.load_full_optimizer_state(den, self.opt, st["optimizer"])
+        else:
+            ck.apply_trainable(den, ck.load_trainable(last), self.lora)
+            self.opt.load_state_dict(st["optimizer"])
         self.gen_prompt.set_state(st["gen_prompt"])
         self.gen_rollout.set_state(st["gen_rollout"])
         rank_rng = st.get("rank_rng")
@@ -311,7 +348,7 @@ class Trainer:
         if self.tracker and st["tracker"]:
             self.tracker.load_state_dict(st["tracker"])
         if self.ema is not None and st["ema"] is not None:
-            self.ema = [e.to(self.acc.device) for e in st["ema"]]
+            self.ema = [sharding.like(e, p) for e, p in zip(st["ema"], self.params)]
             self.ema_updates = int(st.get("ema_updates", 0))
         self.global_step = int(st.get("global_step", 0))
         self.start_epoch = st["epoch"] + 1
@@ -361,10 +398,11 @@ class Trainer:
             ckpt = (epoch + 1) % self.cfg.train.checkpoint_every == 0 or epoch == epochs - 1
             # every process's own random streams travel with the checkpoint (a collective: all ranks call it)
             rank_rng = self._gather_rank_rng() if ckpt else None
+            gathered = self.gather_sharded() if ckpt else None
             if self.acc.is_main_process:
                 self._write_logs(row)
                 if ckpt:
-                    self.save(epoch, rank_rng)
+                    self.save(epoch, rank_rng, gathered)
             if ckpt and self.world > 1:
                 self.acc.wait_for_everyone()
             if fault is not None and int(fault) == epoch:
@@ -539,7 +577,8 @@ class Trainer:
                 for j in range(tsel.shape[1]):
                     idx = tsel[rows, j]
                     fresh = ~done[rows, idx]
-                    if not fresh.any():
+                    # sharded, every rank runs every forward: a skipped one would stall the others' all-gathers
+                    if not fresh.any() and not self.sharded:
                         continue
                     _, _, _, pred, out, lr_ = self._score(traj, rows, idx, cond, uncond)
                     r, i, a = rows[fresh], idx[fresh], lr_.abs().double().cpu()[fresh]
@@ -654,8 +693,12 @@ class Trainer:
                         losses.append(float(loss.detach()))
                         akls.append(float(approx_kl(lr_)))
                 if sync:
-                    gn = self.acc.clip_grad_norm_(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
-                        else _grad_norm(self.params)
+                    if self.sharded:
+                        gn = sharding.clip_grad_norm(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
+                            else sharding.grad_norm(self.params)
+                    else:
+                        gn = self.acc.clip_grad_norm_(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
+                            else _grad_norm(self.params)
                     gnorms.append(float(gn))
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)

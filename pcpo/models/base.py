@@ -90,6 +90,10 @@ class ModelAdapter(abc.ABC):
     lora_target_modules: list[str]
     #: default classifier-free guidance scale for this model
     default_guidance_scale: float = 1.0
+    #: class names of the denoiser's blocks that become one FSDP unit each (``train.sharding: fsdp``);
+    #: the UNet blocks of diffusers' UNet2DConditionModel by default
+    fsdp_block_classes: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "UNetMidBlock2DCrossAttn",
+                                           "UNetMidBlock2D", "UpBlock2D", "CrossAttnUpBlock2D")
 
     # -- modules -------------------------------------------------------
     @property

@@ -146,6 +146,9 @@ class FluxAdapter(DiffusersAdapter):
     prediction_type = "velocity"
     family = "flow"
     lora_target_modules = list(FLUX_LORA_TARGETS)
+    # DanceGRPO's FSDP wraps each block of the transformer's _no_split_modules, the double- and
+    # single-stream blocks (fastvideo/utils/fsdp_util.py, get_dit_fsdp_kwargs)
+    fsdp_block_classes = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
     default_guidance_scale = 3.5
     default_steps = 28
     kind_name = "flux"

@@ -64,6 +64,7 @@ class SD3Adapter(DiffusersAdapter):
     #: the joint attention's image- and text-stream projections, not the dual-attention
     #: blocks' attn2 (Flow-GRPO's `target_modules` in scripts/train_sd3.py)
     lora_target_modules = list(SD3_LORA_TARGETS)
+    fsdp_block_classes = ("JointTransformerBlock",)
     default_guidance_scale = 4.5
     default_steps = 40
     kind_name = "sd3"

@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "fullscale_epoch.py"
 
 RUNS = {
-    "sd15": ["--model", "sd15", "--scale", "tiny", "--algorithms", "ddpo", "pcpo-ddpo", "--meta-check"],
+    # as benchmarks/gpu_check.sh runs it: each algorithm with the rollout's and with recomputed old log-probs
+    "sd15": ["--model", "sd15", "--scale", "tiny", "--algorithms", "ddpo", "pcpo-ddpo", "--meta-check",
+             "--old-logprobs", "rollout", "recompute"],
     "flux": ["--model", "flux", "--scale", "tiny", "--algorithms", "dancegrpo", "--meta-check"],
 }
 
@@ -82,11 +84,13 @@ def summaries(tmp_path_factory, cli_run):
     return out
 
 
-@pytest.mark.parametrize("name,algorithms", [("sd15", ["ddpo", "pcpo-ddpo"]), ("flux", ["dancegrpo"])])
-def test_tiny_epochs(summaries, name, algorithms):
+@pytest.mark.parametrize("name,runs", [
+    ("sd15", [("ddpo", "rollout"), ("ddpo", "recompute"), ("pcpo-ddpo", "rollout"), ("pcpo-ddpo", "recompute")]),
+    ("flux", [("dancegrpo", "auto")])])
+def test_tiny_epochs(summaries, name, runs):
     summary, stdout = summaries[name]
     assert summary["model"] == name and summary["scale"] == "tiny" and summary["device"] == "cpu"
-    assert [r["algorithm"] for r in summary["results"]] == algorithms
+    assert [(r["algorithm"], r["old_logprobs"]) for r in summary["results"]] == runs
     for r in summary["results"]:
         assert r["status"] == "ok", r
         for k in ("seconds_per_epoch", "rollout_s", "train_s", "model_only_s", "overhead", "warmup_epoch_s"):
@@ -95,7 +99,14 @@ def test_tiny_epochs(summaries, name, algorithms):
         assert r["finite"] and r["grad_norm"] > 0, r
         assert r["freed"], "the trainer's denoiser was still alive after the algorithm"
         assert r["peak_gpu_gib"] is None
-        assert f"RESULT {name} {r['algorithm']}: " in stdout
+        assert f"RESULT {name} {r['algorithm']} [{r['old_logprobs']}]: " in stdout
+        # float32 on the CPU: auto does not recompute; a recomputing run reports its pass's cost
+        assert r["recomputed"] == (r["old_logprobs"] == "recompute")
+        if r["recomputed"]:
+            assert r["logratio_first_max"] == 0.0 and r["recompute_s"] > 0 and r["recompute_cost"] > 1.0, r
+            assert "x the training phase" in stdout
+        else:
+            assert r["recompute_cost"] is None and r["rollout_mismatch_max"] == r["logratio_first_max"], r
 
 
 @pytest.mark.parametrize("name,params", [("sd15", 859_520_964), ("flux", 11_901_408_320)])
@@ -142,7 +153,7 @@ def test_time_budget_skips(summaries, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())
     assert [r["algorithm"] for r in s["results"]] == ["dancegrpo", "pcpo-dancegrpo", "flow_grpo", "pcpo-flow_grpo"]
     assert [r["status"] for r in s["results"]] == ["skipped (budget)"] * 4
-    assert "RESULT flux flow_grpo: skipped (budget)" in buf.getvalue()
+    assert "RESULT flux flow_grpo [auto]: skipped (budget)" in buf.getvalue()
 
 
 def test_forward_consistency_bisection_on_cpu(tmp_path):

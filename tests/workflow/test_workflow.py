@@ -168,3 +168,24 @@ def test_restart_reuses_finished_jobs_and_resumes_training(smoke_run):
     log = (smoke_run["results"] / "logs" / "train" / run.relative_to(smoke_run["results"] / "runs")).with_suffix(".log")
     text = log.read_text()
     assert "resuming from" in text or "run already complete" in text, text[-2000:]
+
+
+def test_the_workflow_launches_two_training_processes(smoke_run, tmp_path):
+    """resources.train_gpus: 2 makes the train rule start two real processes (torchrun; gloo on
+    this CPU), reusing the smoke run's base models: one new run, split in whole groups."""
+    assert smoke_run["rc"] == 0, smoke_run["log"][-2000:]
+    cfg = json.loads(json.dumps(smoke_run["config"]))
+    cfg["resources"] = {"train_gpus": 2}
+    cfg["train"] = {**cfg["train"], "train_batch_size": 2, "device": "cpu"}
+    cfg["matrix"] = [{"model": "flow", "algorithms": ["dancegrpo"], "rewards": ["digit_alignment"], "seeds": [7]}]
+    cfg["evaluation"] = {**cfg["evaluation"], "seeds": [7]}
+    f = tmp_path / "two_gpus.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    run = smoke_run["results"] / "runs" / "flow" / "digit_alignment" / "dancegrpo" / "seed7"
+    r = snakemake(str(run / "DONE"), "--cores", "2", "--configfile", str(f), timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "rule pretrain" not in r.stdout + r.stderr  # the base models were reused
+    log = (smoke_run["results"] / "logs" / "train" / run.relative_to(smoke_run["results"] / "runs")).with_suffix(".log")
+    text = log.read_text()
+    assert "over 2 processes (2 each)" in text, text[-2000:]
+    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "latest").is_file()
