@@ -1,11 +1,34 @@
-"""Advantages: DDPO's per-prompt running tracker and GRPO's group normalisation."""
+"""Advantages: a registry of estimators, with DDPO's per-prompt running tracker and
+GRPO's group normalisation built in.
+
+An estimator is made by ``factory(**Framework.advantage_options)`` once per run and
+called every epoch as ``estimator(prompts, rewards, group_ids) -> advantages`` with
+every process's samples (the trainer gathers them first and keeps its own rows
+after).  One that keeps state across epochs defines ``state_dict()`` and
+``load_state_dict(state)``, and the state travels with the checkpoints.  A module in
+``baselines/`` registers its own with :func:`register_advantage`.
+"""
 from __future__ import annotations
 
 from collections import deque
 
 import torch
 
-ADVANTAGE_SCHEMES = ("per_prompt", "group")
+from pcpo.registry import Registry
+
+ADVANTAGES: Registry = Registry("advantage estimator")
+#: kept for older imports: the registry answers ``name in ADVANTAGE_SCHEMES``
+ADVANTAGE_SCHEMES = ADVANTAGES
+
+
+def register_advantage(name: str):
+    """Decorator: register ``factory(**options) -> estimator`` under ``name``."""
+
+    def deco(factory):
+        ADVANTAGES.register(name, factory, overwrite=True)
+        return factory
+
+    return deco
 
 
 def _std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -67,6 +90,9 @@ class PerPromptStatTracker:
             self.buffers = {}
         return adv.to(torch.float32)
 
+    def __call__(self, prompts: list[str], rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        return self.update(prompts, rewards)
+
     def stats(self) -> dict:
         return {"prompts": len(self.buffers), "mean_buffer": (sum(len(b) for b in self.buffers.values()) / max(1, len(self.buffers)))}
 
@@ -102,6 +128,20 @@ def group_advantages(
         std = gstd if global_std else _std(x, unbiased)
         adv[m] = (x - x.mean()) / (std + eps)
     return adv.to(torch.float32)
+
+
+ADVANTAGES.register("per_prompt", PerPromptStatTracker)
+
+
+@register_advantage("group")
+class GroupAdvantage:
+    """GRPO's group normalisation as an estimator (no state): :func:`group_advantages`."""
+
+    def __init__(self, eps: float = 1e-8, global_std: bool = False, unbiased: bool = True):
+        self.options = {"eps": eps, "global_std": global_std, "unbiased": unbiased}
+
+    def __call__(self, prompts: list[str], rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        return group_advantages(rewards, group_ids, **self.options)
 
 
 def clip_advantages(adv: torch.Tensor, max_abs: float | None) -> torch.Tensor:

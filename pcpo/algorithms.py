@@ -22,10 +22,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from pcpo.advantages import ADVANTAGE_SCHEMES
+from pcpo.advantages import ADVANTAGES
+from pcpo.noise_schedules import NOISE_SCHEDULES
 from pcpo.objectives import FORMS, KL_FORMS, OBJECTIVES
 from pcpo.registry import Registry
 from pcpo.rollout.grid import SAMPLERS
+from pcpo.rollout_hooks import ROLLOUT_HOOKS
 from pcpo.trained_steps import STEP_SELECTORS
 
 CFG_GRADS = ("both", "cond_only")
@@ -62,13 +64,23 @@ class Framework:
     eta: float = 1.0
     #: flow-SDE noise level (eta for DanceGRPO form, a for Flow-GRPO form)
     noise_level: float = 0.7
-    #: "per_prompt" (running tracker) or "group" (GRPO)
+    #: an advantage estimator of :mod:`pcpo.advantages` ("per_prompt": DDPO's running tracker,
+    #: "group": GRPO's), or one a baseline module registered
     advantage: str = "group"
     advantage_options: dict = field(default_factory=dict)
     #: absolute advantage clip (0 or None: none)
     adv_clip: float | None = 5.0
+    #: a per-step objective of :mod:`pcpo.objectives` (ppo_clip, log_hinge, or registered)
     objective: str = "ppo_clip"
     objective_form: str = "ratio"
+    #: options handed to the objective in its StepContext
+    objective_options: dict = field(default_factory=dict)
+    #: which steps are stochastic in each epoch's rollout (:mod:`pcpo.noise_schedules`)
+    noise_schedule: str = "constant"
+    noise_schedule_options: dict = field(default_factory=dict)
+    #: extra rollout work after sampling, before rewards (:mod:`pcpo.rollout_hooks`)
+    rollout_hook: str | None = None
+    rollout_hook_options: dict = field(default_factory=dict)
     clip_range: float = 1e-4
     #: fraction of each trajectory's steps trained (how it is applied: ``step_selection``)
     timestep_fraction: float = 1.0
@@ -117,10 +129,16 @@ class Framework:
         for fam, s in self.samplers.items():
             if fam not in ("ddim", "flow") or s not in SAMPLERS:
                 raise ValueError(f"framework {self.name!r}: bad sampler entry {fam!r}: {s!r}")
-        if self.advantage not in ADVANTAGE_SCHEMES:
-            raise ValueError(f"framework {self.name!r}: advantage must be one of {ADVANTAGE_SCHEMES}")
-        if self.objective not in OBJECTIVES or self.objective_form not in FORMS:
-            raise ValueError(f"framework {self.name!r}: bad objective {self.objective!r}/{self.objective_form!r}")
+        for fname, val, reg in (("advantage", self.advantage, ADVANTAGES), ("objective", self.objective, OBJECTIVES),
+                                ("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)):
+            if val not in reg:
+                raise ValueError(f"framework {self.name!r}: {fname} {val!r} is not registered (registered: "
+                                 f"{', '.join(reg.names())}); register it before the framework")
+        if self.rollout_hook is not None and self.rollout_hook not in ROLLOUT_HOOKS:
+            raise ValueError(f"framework {self.name!r}: rollout_hook {self.rollout_hook!r} is not registered "
+                             f"(registered: {', '.join(ROLLOUT_HOOKS.names()) or 'none'})")
+        if self.objective_form not in FORMS:
+            raise ValueError(f"framework {self.name!r}: objective_form must be one of {FORMS}")
         if not 0 < self.timestep_fraction <= 1:
             raise ValueError(f"framework {self.name!r}: timestep_fraction must be in (0, 1]")
         if self.step_selection not in STEP_SELECTORS:
@@ -194,9 +212,27 @@ def discover(reload: bool = False) -> None:
     _discovered = True
 
 
+class NotTransformable(ValueError):
+    """PCPO's two parts are not defined for this framework."""
+
+
 def pcpo_transform(fw: Framework, proportional: bool = True) -> Framework:
-    """PCPO applied to a framework: log-hinge in matching form (+ proportional credit)."""
+    """PCPO applied to a framework: log-hinge in matching form (+ proportional credit).
+
+    Defined where both parts are: the log-hinge replaces an objective of the step
+    log-ratio (not a likelihood-free one), and the proportional weights are computed
+    on the framework's own grid, so every stochastic step must run at its own level
+    (a binary noise schedule)."""
     prefix = "pcpo-" if proportional else "pcpo-base-"
+    if not OBJECTIVES.get(fw.objective).likelihood:
+        raise NotTransformable(
+            f"algorithm: {prefix}{fw.name} is not defined: {fw.name}'s objective {fw.objective!r} does not use "
+            "per-step log-likelihood ratios, and PCPO replaces exactly that ratio objective by its log-hinge; "
+            f"run {fw.name} itself")
+    if not NOISE_SCHEDULES.get(fw.noise_schedule).binary:
+        raise NotTransformable(
+            f"algorithm: {prefix}{fw.name} is not defined: {fw.name}'s noise schedule {fw.noise_schedule!r} "
+            "changes step noise levels, and PCPO's proportional credit is computed on the sampler's own levels")
     what = "log-hinge objective + proportional credit" if proportional else "log-hinge objective, native credit"
     return dataclasses.replace(
         fw,

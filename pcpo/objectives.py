@@ -11,16 +11,28 @@ computed is a separate choice (the *form*):
 
 The per-step weight ``w`` is the *credit hook*: the same objective serves the
 native weights and PCPO's proportional ones (see :mod:`pcpo.credit`).
+
+Objectives are a registry.  An objective is ``fn(ctx: StepContext) -> (loss,
+inactive)``, both per sample of one trained step: ``loss`` the per-sample loss the
+trainer averages and backpropagates, ``inactive`` where its gradient is zero (the
+clip fraction).  The context carries the log-ratio, the advantages, the step's
+output under the current policy, the grid, and lazily the rollout policy's step
+mean, so an objective that renormalises the ratio or weights its steps (GRPO-Guard,
+TempFlow-GRPO) needs no trainer change.  ``likelihood=False`` registers one that
+does not use the step log-ratio at all; the PCPO transform, which replaces the
+objective by the log-hinge on the log-ratio, refuses such a framework.  A module
+in ``baselines/`` registers its own with :func:`register_objective`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
+from pcpo.registry import Registry
 from pcpo.rollout.steps import _bcast, matching_log_ratio, reduce_dims
 
-OBJECTIVES = ("ppo_clip", "log_hinge")
 FORMS = ("ratio", "matching")
 #: ``gaussian``: the exact KL of the two step Gaussians; ``flow_grpo``: Flow-GRPO's code
 KL_FORMS = ("gaussian", "flow_grpo")
@@ -53,6 +65,59 @@ def log_hinge_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range
     with torch.no_grad():
         inactive = margin <= 0
     return loss, inactive
+
+
+@dataclass
+class StepContext:
+    """What a per-step objective sees for one micro-batch at one trained step each."""
+
+    log_ratio: torch.Tensor  # (B,) in the objective's form, with the credit weights
+    advantages: torch.Tensor  # (B,)
+    clip_range: float
+    idx: torch.Tensor | None = None  # (B,) step indices (CPU)
+    out: Any = None  # StepOutput of the training forward: mean, std, log_prob, noise
+    grid: Any = None  # this epoch's SamplerGrid
+    options: dict = field(default_factory=dict)  # Framework.objective_options
+    old_mean_fn: Callable[[], torch.Tensor] | None = None
+    #: the steps trained this epoch (for objectives that normalise per-step weights over them)
+    trained_pool: torch.Tensor | None = None
+
+    def old_mean(self) -> torch.Tensor:
+        """The rollout policy's mean of this step (from its stored prediction; no network call)."""
+        if self.old_mean_fn is None:
+            raise ValueError("this objective needs the old step mean, which the caller did not provide")
+        return self.old_mean_fn()
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    fn: Callable[[StepContext], tuple]
+    #: the objective is a function of the step log-ratio (PCPO's log-hinge can replace it)
+    likelihood: bool = True
+
+
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
+
+
+def register_objective(name: str, likelihood: bool = True):
+    """Decorator: register ``fn(ctx: StepContext) -> (loss (B,), inactive (B,) bool)``."""
+
+    def deco(fn):
+        OBJECTIVES.register(name, ObjectiveSpec(name, fn, likelihood), overwrite=True)
+        return fn
+
+    return deco
+
+
+@register_objective("ppo_clip")
+def _ppo_clip(ctx: StepContext):
+    return ppo_clip_loss(ctx.log_ratio, ctx.advantages, ctx.clip_range)
+
+
+@register_objective("log_hinge")
+def _log_hinge(ctx: StepContext):
+    return log_hinge_loss(ctx.log_ratio, ctx.advantages, ctx.clip_range)
 
 
 def ratio_form_log_ratio(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, scale: torch.Tensor | None = None):
@@ -107,7 +172,7 @@ class Objective:
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.name!r}")
+            raise ValueError(f"objective must be one of {OBJECTIVES.names()}, got {self.name!r}")
         if self.form not in FORMS:
             raise ValueError(f"objective form must be one of {FORMS}, got {self.form!r}")
         if not self.clip_range > 0:
@@ -137,6 +202,20 @@ class Objective:
             raise ValueError("matching form needs delta (new - old prediction) and noise")
         return matching_log_ratio(delta, noise, step_weight, reduction)
 
-    def loss(self, log_ratio: torch.Tensor, advantages: torch.Tensor):
-        fn = ppo_clip_loss if self.name == "ppo_clip" else log_hinge_loss
-        return fn(log_ratio, advantages.to(log_ratio.dtype), self.clip_range)
+    @property
+    def spec(self) -> ObjectiveSpec:
+        return OBJECTIVES.get(self.name, "objective")
+
+    def loss(self, log_ratio: torch.Tensor, advantages: torch.Tensor, ctx: StepContext | None = None):
+        """The registered objective on one micro-batch; ``ctx`` carries what objectives beyond
+        the plain log-ratio need (built here from the two tensors when absent)."""
+        adv = advantages.to(log_ratio.dtype)
+        if ctx is None:
+            ctx = StepContext(log_ratio, adv, self.clip_range)
+        else:
+            ctx.log_ratio, ctx.advantages, ctx.clip_range = log_ratio, adv, self.clip_range
+        loss, inactive = self.spec.fn(ctx)
+        if loss.shape != log_ratio.shape:
+            raise ValueError(f"objective {self.name!r} returned a loss of shape {tuple(loss.shape)}, expected "
+                             f"{tuple(log_ratio.shape)} (one value per sample)")
+        return loss, inactive.to(torch.bool)

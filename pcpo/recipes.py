@@ -72,6 +72,11 @@ def _status(ours: Any, ref: Ref | None, pcpo_changed: bool) -> str:
     return "deliberate" if ref.deliberate else "DIFFERS"
 
 
+#: extension points whose default means "no such mechanism" (a plain SDE everywhere, no hook)
+MECHANISM_FIELDS = {"objective_options": {}, "noise_schedule": "constant", "noise_schedule_options": {},
+                    "rollout_hook": None, "rollout_hook_options": {}}
+
+
 def framework_rows(fw: Framework, family: str, base: Framework | None = None) -> list[Row]:
     """One row per framework field for one model family (``base``: the framework a
     ``pcpo-`` variant was derived from, to mark what the transform changed)."""
@@ -83,6 +88,9 @@ def framework_rows(fw: Framework, family: str, base: Framework | None = None) ->
         if f.name in META_FIELDS:
             continue
         ours = getattr(eff, f.name)
+        if f.name in MECHANISM_FIELDS and same(ours, MECHANISM_FIELDS[f.name]) and \
+                f"{family}.{f.name}" not in refs and f.name not in refs:
+            continue  # an extension point this framework does not use: nothing to cite
         ref = refs.get(f"{family}.{f.name}", refs.get(f.name))
         changed = beff is not None and not same(ours, getattr(beff, f.name))
         rows.append(Row(f.name, ours, ref, _status(ours, ref, changed)))

@@ -15,10 +15,17 @@ constant:
 * ``first`` (Flow-GRPO, ``scripts/train_sd3.py``): the first ``int(T * fraction)``
   steps, in sampling order, the same for every sample.
 
+* ``stochastic`` (MixGRPO): every stochastic step of the epoch's noise schedule
+  (its sliding SDE window), in sampling order, the same for every sample.
+
 A module in ``baselines/`` may register its own rule with
-:func:`register_step_selector`.
+:func:`register_step_selector`.  A rule that takes a ``stochastic`` keyword gets
+the epoch's mask of stochastic steps (``pcpo.noise_schedules``), and a count that
+takes ``n_stochastic`` gets their number; no rule may pick an ODE step.
 """
 from __future__ import annotations
+
+import inspect
 
 from typing import Callable
 
@@ -70,16 +77,35 @@ def select_first(T: int, fraction: float, B: int, generator: torch.Generator) ->
     return torch.arange(K).unsqueeze(0).expand(B, K).clone()
 
 
-def trained_step_count(rule: str, T: int, fraction: float) -> int:
-    return STEP_SELECTORS.get(rule, "step_selection")[1](T, fraction)
+@register_step_selector("stochastic", lambda T, fraction, n_stochastic=None: n_stochastic or T)
+def select_stochastic(T: int, fraction: float, B: int, generator: torch.Generator,
+                      stochastic: torch.Tensor | None = None) -> torch.Tensor:
+    idx = torch.arange(T) if stochastic is None else torch.nonzero(stochastic.reshape(-1)).reshape(-1)
+    return idx.unsqueeze(0).expand(B, idx.numel()).clone()
 
 
-def select_steps(rule: str, T: int, fraction: float, B: int, generator: torch.Generator) -> torch.Tensor:
-    fn, count = STEP_SELECTORS.get(rule, "step_selection")
-    out = fn(T, fraction, B, generator)
-    K = count(T, fraction)
+def _takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def trained_step_count(rule: str, T: int, fraction: float, n_stochastic: int | None = None) -> int:
+    count = STEP_SELECTORS.get(rule, "step_selection")[1]
+    return count(T, fraction, n_stochastic=n_stochastic) if _takes(count, "n_stochastic") else count(T, fraction)
+
+
+def select_steps(rule: str, T: int, fraction: float, B: int, generator: torch.Generator,
+                 stochastic: torch.Tensor | None = None) -> torch.Tensor:
+    fn, _ = STEP_SELECTORS.get(rule, "step_selection")
+    out = fn(T, fraction, B, generator, stochastic=stochastic) if _takes(fn, "stochastic") else \
+        fn(T, fraction, B, generator)
+    n_st = None if stochastic is None else int(stochastic.sum())
+    K = trained_step_count(rule, T, fraction, n_st)
     if tuple(out.shape) != (B, K) or out.dtype != torch.long:
         raise ValueError(f"step selection {rule!r} returned {tuple(out.shape)} {out.dtype}, expected ({B}, {K}) long")
     if (out < 0).any() or (out >= T).any():
         raise ValueError(f"step selection {rule!r} returned step indices outside [0, {T})")
+    if stochastic is not None and not bool(stochastic[out].all()):
+        raise ValueError(f"step selection {rule!r} picked deterministic (ODE) steps of this epoch's noise schedule; "
+                         "they have no log-probability: use step_selection 'stochastic' or a rule that takes "
+                         "the stochastic mask")
     return out

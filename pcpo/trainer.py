@@ -27,7 +27,7 @@ import torch
 
 from pcpo import checkpoint as ck
 from pcpo import sharding
-from pcpo.advantages import PerPromptStatTracker, clip_advantages, group_advantages
+from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict
 from pcpo.credit import CreditPlan, plan_credit
@@ -36,6 +36,9 @@ from pcpo.objectives import Objective, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
 from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
+from pcpo.noise_schedules import schedule_levels, stochastic_count
+from pcpo.objectives import StepContext
+from pcpo.rollout_hooks import ROLLOUT_HOOKS
 from pcpo.trained_steps import select_steps, trained_step_count
 from pcpo.utils import atomic_write_json, atomic_write_text
 
@@ -199,6 +202,11 @@ class Trainer:
             w_star=cfg.pcpo.w_star, sigma_root=cfg.pcpo.sigma_root,
         )
         self.grid = self.plan.sample_grid
+        self.epoch_grid = self.grid  # this epoch's grid: the framework's noise schedule applied
+        self.stochastic = torch.ones(self.grid.num_steps, dtype=torch.bool)
+        self.forwards = {}  # network function evaluations of the current epoch, by phase
+        self._phase = "rollout"
+        self._count_forwards()
         self.ema_updates = 0
         self.global_step = 0  # optimizer steps since the start of the run
         self.ema = [p.detach().clone() for p in self.params] if self.st.ema_decay is not None else None
@@ -207,8 +215,8 @@ class Trainer:
         self.prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
         if not self.prompts:
             raise ConfigError("prompts: the prompt source returned no prompts")
-        self.tracker = (PerPromptStatTracker(**self.fw.advantage_options)
-                        if self.fw.advantage == "per_prompt" else None)
+        # the framework's advantage estimator (pcpo.advantages registry); its state, if any, is checkpointed
+        self.tracker = ADVANTAGES.get(self.fw.advantage, "advantage")(**self.fw.advantage_options)
         base = self.seed * 1_000_003 + 17
         self.gen_prompt = torch.Generator().manual_seed(base)
         # the same stream on every process: each draws the global batch's noise and keeps its rows
@@ -224,7 +232,36 @@ class Trainer:
         return batch_arithmetic(self.cfg, self.world, self.grid.num_steps, self.trained_steps())
 
     def trained_steps(self) -> int:
-        return trained_step_count(self.st.step_selection, self.grid.num_steps, self.st.timestep_fraction)
+        T = self.grid.num_steps
+        n = stochastic_count(self.fw.noise_schedule, T, self.fw.noise_schedule_options)
+        return trained_step_count(self.st.step_selection, T, self.st.timestep_fraction, n)
+
+    # ---------------------------------------------------------- matched compute
+    def _count_forwards(self) -> None:
+        """Count every network function evaluation through the adapter's guided prediction:
+        rows of the batch, twice with classifier-free guidance (two branches), by the phase
+        the trainer is in (rollout, hook, recompute, train, reference).  Rollout hooks that
+        predict through ``trainer.model`` are counted too."""
+        inner = self.model.predict_guided
+
+        def counted(x, t, cond, uncond=None, scale=1.0, *a, **kw):
+            n = int(x.shape[0]) * (2 if uncond is not None and float(scale) != 1.0 else 1)
+            self.forwards[self._phase] = self.forwards.get(self._phase, 0) + n
+            return inner(x, t, cond, uncond, scale, *a, **kw)
+
+        self.model.predict_guided = counted
+
+    def _forward_row(self) -> dict:
+        """This epoch's forwards over every process: ``nfe_<phase>``, the backward passes (one per
+        training forward) and ``nfe_total`` (forwards + backwards)."""
+        phases = ("rollout", "hook", "recompute", "train", "reference")
+        v = torch.tensor([float(self.forwards.get(p, 0)) for p in phases], dtype=torch.float64)
+        if self.world > 1:
+            v = self.acc.reduce(v.to(self.acc.device), reduction="sum").cpu()
+        row = {f"nfe_{p}": int(x) for p, x in zip(phases, v.tolist())}
+        row["nfe_backward"] = row["nfe_train"]
+        row["nfe_total"] = int(v.sum()) + row["nfe_backward"]
+        return row
 
     def describe(self) -> str:
         a = self.batch_arithmetic()
@@ -251,7 +288,7 @@ class Trainer:
             "gen_train": self.gen_train.get_state(), "torch_rng": torch.get_rng_state(),
             # per process: [(gen_train, torch_rng)] by rank (the entries above are rank 0's)
             "rank_rng": rank_rng,
-            "tracker": self.tracker.state_dict() if self.tracker else None,
+            "tracker": self.tracker.state_dict() if hasattr(self.tracker, "state_dict") else None,
             "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "ema_updates": self.ema_updates,
             "global_step": self.global_step,
             # the logs up to this epoch travel with the checkpoint: a workflow manager may delete
@@ -345,7 +382,7 @@ class Trainer:
             g, r = rank_rng[self.rank]
         self.gen_train.set_state(g)
         torch.set_rng_state(r)
-        if self.tracker and st["tracker"]:
+        if hasattr(self.tracker, "load_state_dict") and st["tracker"]:
             self.tracker.load_state_dict(st["tracker"])
         if self.ema is not None and st["ema"] is not None:
             self.ema = [sharding.like(e, p) for e, p in zip(st["ema"], self.params)]
@@ -456,10 +493,10 @@ class Trainer:
             rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()
             gids = self.acc.gather(gids.to(self.acc.device)).cpu()
             prompts = gather_object(prompts)
-        if self.tracker is not None:
-            adv = self.tracker.update(prompts, rewards)
-        else:
-            adv = group_advantages(rewards, gids, **self.fw.advantage_options)
+        adv = torch.as_tensor(self.tracker(prompts, rewards, gids), dtype=torch.float32).reshape(-1)
+        if adv.numel() != rewards.numel():
+            raise TrainingError(f"advantage estimator {self.fw.advantage!r} returned {adv.numel()} values "
+                                f"for {rewards.numel()} rewards")
         adv = clip_advantages(adv, self.st.adv_clip)
         if self.world > 1:
             n = traj.batch_size
@@ -476,9 +513,18 @@ class Trainer:
             groups = self.cfg.train.prompts_per_epoch * (self.cfg.train.group_size
                                                          if self.fw.prompt_draw == "per_sample" else 1)
             dist = {"noise_rows": (self.rank * n, n * self.world), "groups_total": groups}
-        traj = rollout(self.model, prompts, self.grid, self.st.guidance_scale, self.gen_rollout, meta, gids,
+        T = self.grid.num_steps
+        levels = schedule_levels(self.fw.noise_schedule, T, epoch, self.fw.noise_schedule_options)
+        self.stochastic = levels > 0
+        self.epoch_grid = self.grid if bool((levels == 1).all()) else self.grid.scaled(levels)
+        self.forwards = {}
+        self._phase = "rollout"
+        traj = rollout(self.model, prompts, self.epoch_grid, self.st.guidance_scale, self.gen_rollout, meta, gids,
                        share_initial_noise=self.fw.share_initial_noise, batch_size=self.cfg.sampling.batch_size,
                        reduction=self.cfg.sampling.reduction, **dist)
+        if self.fw.rollout_hook is not None:
+            self._phase = "hook"
+            traj = ROLLOUT_HOOKS.get(self.fw.rollout_hook)(self, traj, epoch, **self.fw.rollout_hook_options)
         t1 = time.perf_counter()
         rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
         traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
@@ -493,7 +539,8 @@ class Trainer:
             "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std(unbiased=False)),
             "reward_min": float(all_rewards.min()), "reward_max": float(all_rewards.max()),
             "adv_abs_mean": float(all_adv.abs().mean()),
-            **stats["scalars"],
+            **stats["scalars"], **self._forward_row(),
+            "stochastic_steps": int(self.stochastic.sum()),
             "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_train": t3 - t2, "time_epoch": t3 - t0,
         }
         for k, v in (info or {}).items():
@@ -514,6 +561,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ update
     def _ref_prediction(self, x, tt, cond, uncond):
+        phase, self._phase = self._phase, "reference"
+        try:
+            return self._ref_prediction_inner(x, tt, cond, uncond)
+        finally:
+            self._phase = phase
+
+    def _old_mean_fn(self, traj: Trajectory, rows, idx, x, x_next):
+        """The rollout policy's step mean at (x, x_next), from its stored prediction (lazy)."""
+        def fn():
+            with torch.no_grad():
+                return self.epoch_grid.step(idx, traj.preds[rows, idx].to(x.device), x, prev_sample=x_next).mean
+        return fn
+
+    def _ref_prediction_inner(self, x, tt, cond, uncond):
         if self.ref_model is not None:
             live = self.model.denoiser
             self.model.denoiser = self.ref_model
@@ -536,10 +597,11 @@ class Trainer:
         dev, red = self.acc.device, self.cfg.sampling.reduction
         x = traj.states[rows, idx].to(dev)
         x_next = traj.states[rows, idx + 1].to(dev)
-        tt = self.grid.model_time(idx).to(dev)
+        grid = self.epoch_grid
+        tt = grid.model_time(idx).to(dev)
         pred = self.model.predict_guided(x.to(DTYPES[self.cfg.model.dtype]), tt, cond, uncond, self.st.guidance_scale,
                                          cfg_grad=self.st.cfg_grad)
-        out = self.grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
+        out = grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
         lr_ = self.objective.log_ratio(
             step_weight=self.plan.train_weight.float()[idx].to(dev), grid_weight=self.plan.grid_weight.float()[idx].to(dev),
             new_log_prob=out.log_prob, old_log_prob=traj.log_probs[rows, idx].to(dev),
@@ -629,10 +691,15 @@ class Trainer:
         layouts = []  # (micro-batches, per-row steps) of every inner epoch, drawn before any update
         for _ in range(cfg.inner_epochs):
             perm = torch.randperm(B, generator=self.gen_train)
-            tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train)
+            tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train,
+                                stochastic=self.stochastic)
             layouts.append(([perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)], tsel))
+        # the steps trained this epoch, for objectives that normalise per-step weights over them
+        pool = torch.unique(torch.cat([ts.reshape(-1) for _, ts in layouts]))
         t_re = time.perf_counter()
+        self._phase = "recompute"
         mism = self._recompute_old(traj, layouts, epoch) if self.recompute else None
+        self._phase = "train"
         t_re = time.perf_counter() - t_re
         first_abs = torch.zeros(T, dtype=torch.float64)  # rollout-vs-training |log rho| before the first update
         first_max_t = torch.zeros(T, dtype=torch.float64)
@@ -667,13 +734,16 @@ class Trainer:
                                 raise TrainingError(
                                     f"epoch {epoch}: |log ratio| = {m:.3e} at the first inner step (tolerance "
                                     f"{cfg.logratio_tolerance:g}): {src}")
-                        per, inactive = self.objective.loss(lr_, adv)
+                        ctx = StepContext(lr_, adv, self.st.clip_range, idx=idx, out=out, grid=self.epoch_grid,
+                                          options=self.fw.objective_options, trained_pool=pool,
+                                          old_mean_fn=self._old_mean_fn(traj, rows, idx, x, x_next))
+                        per, inactive = self.objective.loss(lr_, adv, ctx)
                         loss = per.mean()
                         if self.st.kl_beta > 0:
                             with torch.no_grad():
                                 ref_pred = self._ref_prediction(x.to(mdtype), tt, cond, uncond)
-                                ref_mean = self.grid.step(idx, ref_pred, x, prev_sample=x_next).mean
-                            kl = step_kl(out.mean, ref_mean, out.std, self.grid.sde_sigma[idx].to(dev),
+                                ref_mean = self.epoch_grid.step(idx, ref_pred, x, prev_sample=x_next).mean
+                            kl = step_kl(out.mean, ref_mean, out.std, self.epoch_grid.sde_sigma[idx].to(dev),
                                          self.st.kl_form, self.cfg.sampling.reduction).mean()
                             loss = loss + self.st.kl_beta * kl
                             kls.append(float(kl.detach()))

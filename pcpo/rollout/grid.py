@@ -32,6 +32,26 @@ class SamplerGrid:
     noise_level: float = 0.0
     s_max: float | None = None
     info: dict = field(default_factory=dict)
+    #: per-step multiplier of the noise (a noise schedule's levels; 0: a deterministic ODE step);
+    #: None: every step at the grid's own level
+    noise_scale: torch.Tensor | None = None
+
+    def scaled(self, levels: torch.Tensor) -> "SamplerGrid":
+        """This grid with step i's noise multiplied by ``levels[i]`` (level 0: the ODE step of
+        the same sampler: deterministic DDIM, or the Euler step of the flow).  ``std`` and
+        ``coef`` are recomputed, so credit weights and log-probs follow the new levels."""
+        import dataclasses
+
+        lv = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
+        if lv.shape[0] != self.num_steps or (lv < 0).any() or not torch.isfinite(lv).all():
+            raise ValueError(f"noise levels: need {self.num_steps} finite values >= 0, got {lv.tolist()}")
+        if self.sampler == "ddim":
+            std = self.std * lv
+            coef = ddim_coef(self.alpha_prod, self.alpha_prod_next, std)
+        else:
+            coef, std, _ = flow_coef_and_std(self.timesteps, self.next_timesteps, self.noise_level * lv,
+                                             self.flow_form, self.s_max)
+        return dataclasses.replace(self, std=std, coef=coef, noise_scale=lv)
 
     @property
     def num_steps(self) -> int:
@@ -86,10 +106,11 @@ class SamplerGrid:
                 self.alpha_prod[idx].to(dev), self.alpha_prod_next[idx].to(dev), self.std[idx].to(dev),
                 prev_sample=prev_sample, noise=noise, generator=generator, reduction=reduction,
             )
+        level = self.noise_level if self.noise_scale is None else (self.noise_level * self.noise_scale[idx]).to(dev)
         return flow_step(
             model_output, sample,
             self.timesteps[idx].to(device=dev, dtype=torch.float64), self.next_timesteps[idx].to(device=dev, dtype=torch.float64),
-            self.noise_level, form=self.flow_form, s_max=self.s_max,
+            level, form=self.flow_form, s_max=self.s_max,
             prev_sample=prev_sample, noise=noise, generator=generator, reduction=reduction,
         )
 

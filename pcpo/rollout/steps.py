@@ -146,12 +146,12 @@ def ddim_step(
 FLOW_FORMS = ("dance", "grpo")
 
 
-def flow_grpo_sigma(s: torch.Tensor, noise_level: float, s_max: torch.Tensor | float) -> torch.Tensor:
+def flow_grpo_sigma(s: torch.Tensor, noise_level, s_max: torch.Tensor | float) -> torch.Tensor:
     """Flow-GRPO's sigma~(s) = a * sqrt(s / (1 - s)); at s == 1 the denominator
     uses the grid's next point ``s_max`` (the reference implementation's guard)."""
     s_max = torch.as_tensor(s_max, dtype=s.dtype, device=s.device)
     denom_s = torch.where(s == 1, s_max, s)
-    return noise_level * (s / (1 - denom_s)).sqrt()
+    return torch.as_tensor(noise_level, dtype=s.dtype, device=s.device) * (s / (1 - denom_s)).sqrt()
 
 
 def flow_coef_and_std(
@@ -165,7 +165,8 @@ def flow_coef_and_std(
     """
     ds = s - s_next
     if form == "dance":
-        sig = torch.full_like(s, float(noise_level))
+        # a number, or one level per element (a per-step noise schedule)
+        sig = torch.as_tensor(noise_level, dtype=s.dtype, device=s.device).expand_as(s).clone()
     elif form == "grpo":
         if s_max is None:
             raise ValueError("flow-grpo form needs s_max (the grid's second point) for the s == 1 guard")
