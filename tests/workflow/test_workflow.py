@@ -84,11 +84,36 @@ def test_evaluation_seeds_select_checkpoints_and_reject_unknown_seeds(tmp_path):
     assert "evaluation.seeds" in r.stdout + r.stderr and "[7]" in r.stdout + r.stderr
 
 
-DROPIN = '''"""Test drop-in baseline: DanceGRPO's settings with a smaller trained-step fraction."""
+DROPIN = '''"""Test drop-in baseline, written as a user would: its own advantage estimator (centred
+ranks within each group) and its own loss (the PPO clip on the advantage's sign), DanceGRPO's
+settings otherwise."""
+import torch
+
+from pcpo.advantages import register_advantage
 from pcpo.algorithms import Framework, register_framework
+from pcpo.objectives import ppo_clip_loss, register_objective
+
+
+@register_advantage("wfdrop_rank")
+def make_rank_advantage(**_):
+    def estimate(prompts, rewards, group_ids):
+        out = torch.zeros(len(rewards))
+        for g in group_ids.unique():
+            m = group_ids == g
+            r = rewards[m].argsort().argsort().float()
+            out[m] = r - r.mean()
+        return out
+    return estimate
+
+
+@register_objective("wfdrop_sign")
+def sign_loss(ctx):
+    return ppo_clip_loss(ctx.log_ratio, torch.sign(ctx.advantages), ctx.clip_range)
+
 
 register_framework(Framework(name="wfdrop", description="workflow test drop-in", samplers={"ddim": "ddim"},
-                             eta=1.0, advantage="group", timestep_fraction=0.5, share_initial_noise=True))
+                             eta=1.0, advantage="wfdrop_rank", objective="wfdrop_sign", timestep_fraction=0.5,
+                             share_initial_noise=True))
 '''
 
 
@@ -157,6 +182,10 @@ def test_dropped_in_baseline_appears_in_report(smoke_run):
     assert {"wfdrop", "pcpo-wfdrop", "ddpo", "pcpo-ddpo", "dancegrpo", "pcpo-dancegrpo"} <= set(final["algorithm"])
     cfg = json.loads((smoke_run["results"] / "runs/eps/digit_alignment/wfdrop/seed0/config.json").read_text())
     assert cfg["framework"]["timestep_fraction"] == 0.5
+    # its own advantage estimator and loss ran; the PCPO variant swapped only the loss
+    assert (cfg["framework"]["advantage"], cfg["framework"]["objective"]) == ("wfdrop_rank", "wfdrop_sign")
+    pc = json.loads((smoke_run["results"] / "runs/eps/digit_alignment/pcpo-wfdrop/seed0/config.json").read_text())
+    assert (pc["framework"]["advantage"], pc["framework"]["objective"]) == ("wfdrop_rank", "log_hinge")
 
 
 def test_restart_reuses_finished_jobs_and_resumes_training(smoke_run):
