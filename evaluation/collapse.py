@@ -47,23 +47,12 @@ def epochs_to_target_table(curves: pd.DataFrame, targets: dict, smooth: int = 1)
     plus one (a lower bound) and are reported in ``censored``.
     """
     rows = []
-    for keys, g in curves.groupby(GROUP_KEYS):
-        model, reward, alg = keys
-        if reward not in targets:
-            continue
-        tgt = float(targets[reward])
-        per_seed, censored = [], 0
-        for _, s in g.groupby("seed"):
-            s = s.sort_values("epoch")
-            e = epochs_to_target(s["epoch"], s["reward_mean"], tgt, smooth)
-            if not np.isfinite(e):
-                censored += 1
-                e = float(s["epoch"].max() + 2)
-            per_seed.append(e)
+    for (model, reward, alg), g in epochs_to_target_runs(curves, targets, smooth).groupby(GROUP_KEYS):
+        per_seed = [float(h + 1) if c else float(e) for e, h, c in zip(g["epochs"], g["horizon"], g["censored"])]
         mean, lo, hi = bootstrap_ci(per_seed)
-        rows.append({"model": model, "reward": reward, "algorithm": alg, "target": tgt, "seeds": len(per_seed),
-                     "epochs_mean": mean, "ci_low": lo, "ci_high": hi, "censored": censored,
-                     "per_seed": " ".join(f"{x:g}" for x in per_seed)})
+        rows.append({"model": model, "reward": reward, "algorithm": alg, "target": float(g["target"].iloc[0]),
+                     "seeds": len(per_seed), "epochs_mean": mean, "ci_low": lo, "ci_high": hi,
+                     "censored": int(g["censored"].sum()), "per_seed": " ".join(f"{x:g}" for x in per_seed)})
     return pd.DataFrame(rows)
 
 
@@ -103,23 +92,69 @@ def auto_levels(points: pd.DataFrame, reward_col: str, n: int = 3) -> list[float
 
 def matched_reward_table(points: pd.DataFrame, reward_col: str, metrics: list[str], levels: list[float]) -> pd.DataFrame:
     """Each metric interpolated at each matched reward level, per algorithm (mean, CI over seeds)."""
+    per_run = matched_reward_runs(points, reward_col, metrics, levels)
     rows = []
-    runs = points[points["epoch"] >= 0]
-    base = points[points["epoch"] < 0]
-    for keys, g in runs.groupby(GROUP_KEYS):
+    for keys, _ in points[points["epoch"] >= 0].groupby(GROUP_KEYS):
         model, reward, alg = keys
-        b = base[(base["model"] == model) & (base["reward"] == reward)]
+        mine = per_run[(per_run["model"] == model) & (per_run["reward"] == reward) & (per_run["algorithm"] == alg)]
         for level in levels:
             row = {"model": model, "reward": reward, "algorithm": alg, "matched_reward": level}
             for metric in metrics:
-                if metric not in g:
+                if metric not in points:
                     continue
-                vals = []
-                for _, s in g.groupby("seed"):
-                    s2 = pd.concat([b.assign(seed=s["seed"].iloc[0]), s]) if len(b) else s
-                    vals.append(interpolate_at_reward(s2, reward_col, metric, level))
+                vals = mine[(mine["level"] == float(level)) & (mine["metric"] == metric)]["value"].tolist()
                 mean, lo, hi = bootstrap_ci(vals)
                 row.update({metric: mean, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi,
                             f"{metric}_seeds": int(np.isfinite(vals).sum())})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------ per-run values
+# The tables above summarise over seeds; the statistical tests in
+# :mod:`evaluation.significance` need the value of every run, keyed by seed.
+
+def epochs_to_target_runs(curves: pd.DataFrame, targets: dict, smooth: int = 1) -> pd.DataFrame:
+    """One row per run of a reward with a target: the epochs it took to reach it.
+
+    Columns: ``model, reward, algorithm, seed, target, epochs, horizon, censored``.
+    ``epochs`` is ``inf`` for a run that never reached the target (``censored``);
+    ``horizon`` is the number of epochs the run trained, so a censored run's
+    epochs to target is known only to exceed it.
+    """
+    cols = [*RUN_KEYS, "target", "epochs", "horizon", "censored"]
+    rows = []
+    if curves.empty:
+        return pd.DataFrame(columns=cols)
+    for keys, s in curves.groupby(RUN_KEYS):
+        if keys[1] not in targets:
+            continue
+        s = s.sort_values("epoch")
+        tgt = float(targets[keys[1]])
+        e = epochs_to_target(s["epoch"], s["reward_mean"], tgt, smooth)
+        rows.append({**dict(zip(RUN_KEYS, keys)), "target": tgt, "epochs": e,
+                     "horizon": int(s["epoch"].max()) + 1, "censored": not np.isfinite(e)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def matched_reward_runs(points: pd.DataFrame, reward_col: str, metrics: list[str], levels: list[float]) -> pd.DataFrame:
+    """One row per (run, level, metric): the metric interpolated at the matched reward
+    level along the run's checkpoints, the base model prepended, exactly as
+    :func:`matched_reward_table` does before averaging.  NaN where the run never
+    reaches the level.  Columns: ``model, reward, algorithm, seed, level, metric, value``."""
+    cols = [*RUN_KEYS, "level", "metric", "value"]
+    rows = []
+    if points.empty:
+        return pd.DataFrame(columns=cols)
+    runs = points[points["epoch"] >= 0]
+    base = points[points["epoch"] < 0]
+    for keys, s in runs.groupby(RUN_KEYS):
+        b = base[(base["model"] == keys[0]) & (base["reward"] == keys[1])]
+        s2 = pd.concat([b.assign(seed=keys[3]), s]) if len(b) else s
+        for level in levels:
+            for metric in metrics:
+                if metric not in s:
+                    continue
+                rows.append({**dict(zip(RUN_KEYS, keys)), "level": float(level), "metric": metric,
+                             "value": interpolate_at_reward(s2, reward_col, metric, level)})
+    return pd.DataFrame(rows, columns=cols)

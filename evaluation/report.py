@@ -6,6 +6,7 @@ links every artefact.
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 from evaluation.collapse import (
     GROUP_KEYS, auto_levels, bootstrap_ci, epochs_to_target_table, matched_reward_table,
 )
+from evaluation.significance import SignificanceSettings, significance_settings, significance_table
 from pcpo.utils import atomic_path, atomic_write_text
 
 QUALITY = ["fid", "kid", "is", "diversity"]
@@ -43,16 +45,21 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_latex(df: pd.DataFrame, caption: str) -> str:
-    def esc(s: str) -> str:
-        return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
+def _tex_escape(s: str) -> str:
+    return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
 
+
+def _tex_cell(v) -> str:
+    return _tex_escape(_fmt(v)).replace("∞", "$\\infty$").replace("–", "--")
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
     cols = list(df.columns)
-    out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(caption)}}}",
+    out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex_escape(caption)}}}",
            "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule",
-           " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
+           " & ".join(_tex_escape(c) for c in cols) + " \\\\", "\\midrule"]
     for _, r in df.iterrows():
-        out.append(" & ".join(esc(_fmt(r[c])).replace("∞", "$\\infty$").replace("–", "--") for c in cols) + " \\\\")
+        out.append(" & ".join(_tex_cell(r[c]) for c in cols) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
 
@@ -94,6 +101,49 @@ def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int =
                     row[f"final_{col}"] = float(lastp[col].mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def significance_caption(settings: SignificanceSettings) -> str:
+    return (f"Differences b - a between each algorithm and its pcpo- variant (and the configured pairs): "
+            f"{100 * settings.level:g}% percentile-bootstrap CI, two-sided permutation test over seeds "
+            f"(paired sign-flip when both have the same seeds), verdict at alpha={settings.alpha:g}, seeds for "
+            f"{100 * settings.power:g}% power (t-test approximation)")
+
+
+def significance_html(sig: pd.DataFrame, caption: str) -> str:
+    """A self-contained page of the verdicts and the table, for Snakemake's HTML report."""
+    cols = [c for c in sig.columns if c != "verdict"]
+    items = "\n".join(f'<li class="{"sig" if r.significant else "ns"}">{html.escape(r.verdict)}</li>'
+                       for r in sig.itertuples())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
+                     for _, r in sig.iterrows())
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Statistical tests</title><style>"
+            "body{font-family:sans-serif;font-size:13px} li.sig{font-weight:bold} "
+            "table{border-collapse:collapse} td,th{border:1px solid #bbb;padding:2px 5px}</style></head><body>\n"
+            f"<h2>Statistical tests</h2>\n<p>{html.escape(caption)}</p>\n"
+            f"<ul>\n{items or '<li>no pairs to compare</li>'}\n</ul>\n"
+            f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n</body></html>\n")
+
+
+def write_significance(sig: pd.DataFrame, out: Path, settings: SignificanceSettings) -> list[Path]:
+    """``significance.csv`` (every column), ``.md`` and ``.tex`` (the table without the
+    verdicts, then the verdicts as a list) and ``.html`` (both, for the HTML report)."""
+    caption = significance_caption(settings)
+    table = sig.drop(columns=["verdict"], errors="ignore")
+    verdicts = list(sig["verdict"]) if "verdict" in sig else []
+    paths = [out / f"significance.{ext}" for ext in ("csv", "md", "tex", "html")]
+    with atomic_path(paths[0]) as tmp:
+        sig.to_csv(tmp, index=False)
+    md = f"**{caption}**\n\n" + to_markdown(table) + "\n" + "".join(f"* {v}\n" for v in verdicts)
+    atomic_write_text(paths[1], md)
+    tex = to_latex(table, caption)
+    if verdicts:
+        items = (_tex_cell(v).replace("~", "$\\sim$").replace(">", "$>$") for v in verdicts)
+        tex += "\\begin{itemize}\n" + "".join(f"\\item{{}} {v}\n" for v in items) + "\\end{itemize}\n"
+    atomic_write_text(paths[2], tex)
+    atomic_write_text(paths[3], significance_html(sig, caption))
+    return paths
 
 
 # ------------------------------------------------------------------ plots
@@ -307,6 +357,8 @@ def build_report(results: str | Path, config: dict) -> Path:
     nets = _read(tables / "networks.csv")
     ev = config.get("evaluation", {})
     targets = ev.get("targets", {})
+    sig_settings = significance_settings(config)
+    sig = significance_table(curves, points, config, sig_settings)  # before any writes: a config error writes nothing
     sections: list[str] = [f"# Report: experiment `{config.get('experiment')}`\n"]
 
     final = final_reward_table(curves, points) if not curves.empty else pd.DataFrame()
@@ -328,6 +380,10 @@ def build_report(results: str | Path, config: dict) -> Path:
     matched = pd.concat(matched_frames, ignore_index=True) if matched_frames else pd.DataFrame()
     write_table(matched, out, "matched_reward", "Quality and diversity at matched evaluated reward (interpolated along checkpoints; 95% bootstrap CI)")
     sections.append("## Quality and diversity at matched reward\n\n" + to_markdown(matched))
+
+    write_significance(sig, out, sig_settings)
+    sections.append("## Statistical tests\n\n" + significance_caption(sig_settings) + " (`significance.csv`, "
+                    "`significance.html`).\n\n" + ("".join(f"* {v}\n" for v in sig["verdict"]) or "_(no pairs)_\n"))
     if not nets.empty:
         sections.append("## Networks behind each metric\n\n" + to_markdown(nets))
 

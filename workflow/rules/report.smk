@@ -39,10 +39,19 @@ rule report:
             caption="../report/index.rst",
             category="Report",
         ),
+        # the pairwise tests (verdicts and table) as a page of the HTML report;
+        # significance.csv/.md/.tex sit beside it
+        significance=report(
+            f"{RESULTS}/report/significance.html",
+            category="Report",
+            subcategory="Statistical tests",
+        ),
     log:
         f"{RESULTS}/logs/report.log",
     params:
         pcpo=PCPO,
+        # rerun the report when its settings change (targets, matched rewards, tests)
+        settings=lambda w: settings("report", ev={k: v for k, v in EVAL.items() if k in ("targets", "matched_rewards")}),
         results=lambda w, output: str(Path(output[0]).parents[1]),
         cfg=CONFIGFILE,
     conda:

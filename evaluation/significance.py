@@ -1,0 +1,535 @@
+"""Statistical tests between algorithms: does ``pcpo-X`` differ from ``X``?
+
+For every (model, reward), every pair ``(a, b)`` -- each algorithm ``X`` whose
+``pcpo-X`` ran as well, plus the pairs named in ``report.significance.pairs`` --
+and every metric, :func:`significance_table` reports the difference ``b - a``,
+a confidence interval for it, a permutation-test p-value, a one-line verdict at
+the configured alpha and the number of seeds a test would need to detect the
+observed effect with the configured power.
+
+Metrics (one value per run, i.e. per seed):
+
+* ``epochs_to_target``: epochs until the training reward first reaches
+  ``evaluation.targets[reward]`` (:func:`evaluation.collapse.epochs_to_target`);
+  lower is better.  See *Censoring* below.
+* ``final_reward``: the training reward averaged over the last 3 epochs, the
+  per-seed value behind :func:`evaluation.report.final_reward_table`; higher is better.
+* ``fid``, ``kid`` (lower is better) and ``diversity`` (higher is better) at each
+  matched evaluated-reward level (``evaluation.matched_rewards[reward]``, else
+  :func:`evaluation.collapse.auto_levels`), interpolated along each run's
+  checkpoints as in :func:`evaluation.collapse.matched_reward_table`.  A run that
+  never reaches a level has no value there and is left out of that comparison
+  (``n_a``/``n_b`` say how many remain).
+
+Design.  Seeds are common random numbers: seed ``s`` of ``a`` and seed ``s`` of
+``b`` draw the same prompts and initial noise, so the two runs of one seed form a
+pair.  With ``paired: auto`` (the default) a comparison is paired when both
+arms have the same set of seeds, unpaired otherwise; ``paired: true`` pairs the
+seeds the arms share (dropping the others), ``paired: false`` never pairs.
+
+Test (two-sided, statistic: the mean difference).
+
+* paired: the sign-flip permutation test on the per-seed differences ``b_s - a_s``
+  (under the null the labels within a seed are exchangeable, so each difference
+  is as likely negated); exact over all ``2**n`` sign patterns when
+  ``2**n <= 4096``, otherwise ``n_permutations`` random patterns.
+* unpaired: the two-sample permutation test (re-labelling the pooled runs);
+  exact over all splits when there are at most 4096, otherwise ``n_permutations``
+  random ones.
+
+Exact p-values count the patterns at least as extreme as the observed one, the
+observed one included; Monte Carlo p-values are ``(1 + k) / (1 + n_permutations)``.
+The random draws come from ``numpy.random.default_rng(seed)``: reports are
+reproducible.  With few seeds the smallest attainable p-value is coarse
+(``2 / 2**n`` paired, ``2 / C(n_a + n_b, n_a)`` unpaired: 0.25 for 3 paired
+seeds); verdicts say so when it exceeds alpha.
+
+Confidence interval.  Percentile bootstrap of the mean difference at level
+``1 - alpha`` (95% at alpha 0.05): paired comparisons resample seeds (pairs), so
+each resample keeps the pairing; unpaired ones resample each arm separately.
+Percentile, not BCa: BCa's jackknife acceleration is unstable at 3 to 5 seeds,
+and the percentile interval matches the other tables of the report.  With so few
+seeds a bootstrap interval is too narrow; the verdict is decided by the
+permutation test alone, the interval describes the size of the effect.
+
+Censoring.  A run that never reaches the target is not dropped: its epochs to
+target is only known to exceed its horizon (the epochs it trained).  Every run
+of a comparison is followed up to the common horizon ``H`` (the shortest run's);
+a run that reached the target later than ``H``, or never, is censored at ``H``
+and counts ``H + 1`` epochs, the first epoch not observed (the value the
+epochs-to-target table uses).  The statistic is therefore the *restricted mean*
+of ``min(T, H + 1)``, labelled "restricted mean (censored at horizon H)" in the
+``statistic`` column: censored runs tie at the top, which makes their arm worse
+by the least amount the data prove.  The permutation test of this statistic is
+exact: the truncation is applied to every run alike, so it keeps the labels
+exchangeable under the null.  ``censored_a`` and ``censored_b`` count the
+censored runs of each arm.
+
+Power.  ``seeds_for_power`` is the number of seeds (pairs when paired, seeds per
+arm when unpaired) at which a two-sided t-test at ``alpha`` has power ``power``
+against the *observed* standardised effect ``d`` (``effect_size``: mean
+difference over the standard deviation of the differences when paired, over the
+pooled standard deviation when unpaired), from the noncentral t distribution
+(:func:`t_test_power`).  This is the t-test approximation to the permutation
+test's power, searched from 2 to ``max_seeds`` seeds; it is then raised to the
+fewest seeds at which the permutation test can reach ``alpha`` at all.  ``inf``
+when the observed effect is zero or more than ``max_seeds`` seeds are needed
+(``effect_size`` tells which); NaN when an arm has fewer than two seeds.  The
+observed effect of a handful of seeds is itself noisy: read the number as an
+order of magnitude.
+
+Config (``report.significance``, every key optional)::
+
+    alpha: 0.05            # test level; CIs are at 1 - alpha
+    power: 0.8             # target power of seeds_for_power
+    paired: auto           # auto | true | false
+    pairs: [[ddpo, dancegrpo]]   # extra (a, b) pairs; b - a is reported
+    n_bootstrap: 10000
+    n_permutations: 10000  # Monte Carlo draws when exact enumeration is too large
+    seed: 0                # of the bootstrap and Monte Carlo draws
+    max_seeds: 1000        # cap of the power search
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from evaluation.collapse import auto_levels, epochs_to_target_runs, matched_reward_runs
+from pcpo.config import ConfigError
+
+EXACT_LIMIT = 4096  # enumerate sign patterns / splits exactly up to this many
+FINAL_LAST_K = 3  # final reward: mean of the last 3 epochs, as final_reward_table
+MATCHED_METRICS = ["fid", "kid", "diversity"]
+
+# metric -> (words in a verdict, higher is better)
+METRICS = {
+    "epochs_to_target": ("epochs to target", False),
+    "final_reward": ("final training reward", True),
+    "fid": ("FID", False),
+    "kid": ("KID", False),
+    "diversity": ("diversity", True),
+}
+
+COLUMNS = ["model", "reward", "metric", "level", "statistic", "a", "b", "n_a", "n_b", "censored_a", "censored_b",
+           "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "test", "significant", "effect_size",
+           "seeds_for_power", "verdict"]
+
+
+# ------------------------------------------------------------------ config
+
+@dataclass(frozen=True)
+class SignificanceSettings:
+    alpha: float = 0.05
+    power: float = 0.8
+    paired: str | bool = "auto"
+    pairs: tuple[tuple[str, str], ...] = ()
+    n_bootstrap: int = 10000
+    n_permutations: int = 10000
+    seed: int = 0
+    max_seeds: int = 1000
+
+    @property
+    def level(self) -> float:
+        """Confidence level of the intervals."""
+        return 1.0 - self.alpha
+
+
+def significance_settings(config: dict) -> SignificanceSettings:
+    """``report.significance`` of an experiment config, checked; errors name the field."""
+    where = "report.significance"
+    rep = config.get("report") or {}
+    if not isinstance(rep, dict):
+        raise ConfigError(f"report: expected a mapping, got {rep!r}")
+    raw = rep.get("significance") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    known = {"alpha", "power", "paired", "pairs", "n_bootstrap", "n_permutations", "seed", "max_seeds"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown field; known fields of {where}: {', '.join(sorted(known))}")
+    d = SignificanceSettings()
+    kw = {}
+    for key in ("alpha", "power"):
+        v = raw.get(key, getattr(d, key))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ConfigError(f"{where}.{key}: must be a number in (0, 1), got {v!r}")
+        kw[key] = float(v)
+    for key, lo in (("n_bootstrap", 1), ("n_permutations", 1), ("max_seeds", 2), ("seed", 0)):
+        v = raw.get(key, getattr(d, key))
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{where}.{key}: must be an integer >= {lo}, got {v!r}")
+        kw[key] = v
+    paired = raw.get("paired", d.paired)
+    if not (paired == "auto" or isinstance(paired, bool)):
+        raise ConfigError(f"{where}.paired: must be auto, true or false, got {paired!r}")
+    kw["paired"] = paired
+    pairs = raw.get("pairs", [])
+    if not isinstance(pairs, list):
+        raise ConfigError(f"{where}.pairs: expected a list of [a, b] pairs, got {pairs!r}")
+    out = []
+    for i, p in enumerate(pairs):
+        if (not isinstance(p, (list, tuple)) or len(p) != 2 or not all(isinstance(x, str) for x in p)):
+            raise ConfigError(f"{where}.pairs[{i}]: expected [a, b], two algorithm names, got {p!r}")
+        if p[0] == p[1]:
+            raise ConfigError(f"{where}.pairs[{i}]: compares {p[0]!r} with itself")
+        out.append((p[0], p[1]))
+    kw["pairs"] = tuple(out)
+    return SignificanceSettings(**kw)
+
+
+def check_pair_names(settings: SignificanceSettings, known: set[str]) -> None:
+    """Every algorithm named in ``report.significance.pairs`` must be one the
+    experiment runs (``known``: the matrix's algorithms and those in the tables)."""
+    for i, pair in enumerate(settings.pairs):
+        for j, name in enumerate(pair):
+            if name not in known:
+                raise ConfigError(f"report.significance.pairs[{i}][{j}]: unknown algorithm {name!r}; "
+                                  f"the experiment runs {', '.join(sorted(known)) or 'none'}")
+
+
+# ------------------------------------------------------------------ statistics
+
+def _extreme(stat: np.ndarray, observed: float, scale: float) -> int:
+    """How many of ``stat`` are at least as far from 0 as ``observed`` (float ties count)."""
+    tol = 1e-9 * max(scale, 1e-300)
+    return int(np.count_nonzero(np.abs(stat) >= abs(observed) - tol))
+
+
+def permutation_test(a, b, paired: bool, n_permutations: int = 10000, seed: int = 0) -> tuple[float, str]:
+    """Two-sided permutation test of the mean difference ``mean(b) - mean(a)``.
+
+    ``paired``: ``a[i]`` and ``b[i]`` are one seed; sign-flip test of ``b - a``.
+    Otherwise the two-sample re-labelling test.  Exact when there are at most
+    :data:`EXACT_LIMIT` sign patterns or splits, else Monte Carlo with
+    ``n_permutations`` draws from ``default_rng(seed)``.  Returns the p-value and
+    a description of the test.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError("paired test: a and b need the same length")
+        d = b - a
+        n = d.size
+        if n == 0:
+            return math.nan, "paired sign-flip permutation (no seeds)"
+        if 2 ** n <= EXACT_LIMIT:
+            signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+            how = f"exact, {2 ** n} sign patterns"
+            stat = (signs * d).mean(axis=1)
+            return _extreme(stat, d.mean(), np.abs(d).max()) / len(stat), f"paired sign-flip permutation ({how})"
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, n))
+        stat = (signs * d).mean(axis=1)
+        k = _extreme(stat, d.mean(), np.abs(d).max())
+        return (1 + k) / (1 + n_permutations), f"paired sign-flip permutation (Monte Carlo, {n_permutations} draws)"
+    na, nb = a.size, b.size
+    if na == 0 or nb == 0:
+        return math.nan, "permutation (an arm has no seeds)"
+    x = np.concatenate([a, b])
+    total, N = x.sum(), na + nb
+    observed = b.mean() - a.mean()
+    n_splits = math.comb(N, nb)
+    if n_splits <= EXACT_LIMIT:
+        idx = np.array(list(itertools.combinations(range(N), nb)), dtype=int)
+        how = f"exact, {n_splits} splits"
+    else:
+        idx = np.argsort(rng.random((n_permutations, N)), axis=1)[:, :nb]
+        how = f"Monte Carlo, {n_permutations} draws"
+    sb = x[idx].sum(axis=1)
+    stat = sb / nb - (total - sb) / na
+    k = _extreme(stat, observed, np.abs(x).max())
+    p = k / len(stat) if n_splits <= EXACT_LIMIT else (1 + k) / (1 + n_permutations)
+    return p, f"two-sample permutation ({how})"
+
+
+def smallest_p(n_a: int, n_b: int, paired: bool) -> float:
+    """The smallest two-sided p-value the exact permutation test can give."""
+    if paired:
+        return min(1.0, 2.0 / 2 ** n_a) if n_a else math.nan
+    if not n_a or not n_b:
+        return math.nan
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def min_seeds_for_permutation(alpha: float, paired: bool) -> int:
+    """Fewest seeds (pairs, or seeds per arm of a balanced design) at which the
+    permutation test can reach ``alpha`` at all."""
+    n = 1
+    while smallest_p(n, n, paired) > alpha:
+        n += 1
+    return n
+
+
+def bootstrap_diff_ci(a, b, paired: bool, level: float = 0.95, n_boot: int = 10000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(b) - mean(a)``: resampling seeds (pairs)
+    when paired, each arm separately otherwise."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    if paired:
+        d = b - a
+        boot = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    else:
+        boot = (b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
+                - a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1))
+    q = (1 - level) / 2
+    return float(np.quantile(boot, q)), float(np.quantile(boot, 1 - q))
+
+
+def effect_size(a, b, paired: bool) -> float:
+    """Standardised observed effect: mean difference over the sd of the differences
+    (paired) or over the pooled sd (unpaired).  ``inf`` for a non-zero difference
+    without spread, NaN when an arm has fewer than two seeds."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if paired:
+        d = b - a
+        if d.size < 2:
+            return math.nan
+        diff, sd = d.mean(), d.std(ddof=1)
+    else:
+        if a.size < 2 or b.size < 2:
+            return math.nan
+        diff = b.mean() - a.mean()
+        sd = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
+    scale = max(np.abs(a).max(), np.abs(b).max())
+    if _negligible(diff, scale):
+        return 0.0
+    if _negligible(sd, scale):
+        return math.copysign(math.inf, diff)
+    return float(diff / sd)
+
+
+def _negligible(x: float, scale: float) -> bool:
+    """``x`` is zero up to float rounding of values of size ``scale``."""
+    return abs(x) <= 1e-12 * max(abs(scale), 1e-300)
+
+
+def t_test_power(effect: float, n, alpha: float, paired: bool):
+    """Power of the two-sided t-test at ``alpha`` against standardised effect
+    ``effect`` with ``n`` pairs (paired) or ``n`` seeds per arm (unpaired), from
+    the noncentral t distribution.  ``n`` may be an array."""
+    n = np.asarray(n, dtype=float)
+    d = abs(float(effect))
+    if paired:
+        df, nc = n - 1, d * np.sqrt(n)
+    else:
+        df, nc = 2 * n - 2, d * np.sqrt(n / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if math.isinf(d):
+            power = np.ones_like(n)
+        else:
+            tc = stats.t.ppf(1 - alpha / 2, df)
+            power = stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc)
+    power = np.where(n < 2, np.nan, power)
+    return float(power) if power.ndim == 0 else power
+
+
+def seeds_for_power(effect: float, alpha: float = 0.05, power: float = 0.8, paired: bool = True,
+                    max_seeds: int = 1000) -> float:
+    """Fewest seeds (pairs, or per arm) for which the t-test reaches ``power``
+    against ``effect`` at ``alpha``, at least :func:`min_seeds_for_permutation`.
+    ``inf`` if the effect is 0 or more than ``max_seeds`` are needed; NaN if the
+    effect is unknown."""
+    if effect is None or math.isnan(effect):
+        return math.nan
+    if effect == 0:
+        return math.inf
+    ns = np.arange(2, max_seeds + 1)
+    pw = t_test_power(effect, ns, alpha, paired)
+    hit = np.nonzero(pw >= power)[0]
+    if not hit.size:
+        return math.inf
+    return float(max(int(ns[hit[0]]), min_seeds_for_permutation(alpha, paired)))
+
+
+def compare(a: pd.Series, b: pd.Series, settings: SignificanceSettings) -> dict:
+    """Every statistic of one comparison.  ``a`` and ``b``: one value per seed,
+    indexed by seed number.  Pairs seeds as ``settings.paired`` says."""
+    a, b = a.dropna(), b.dropna()
+    if settings.paired == "auto":
+        paired = len(a) > 0 and set(a.index) == set(b.index)
+    else:
+        paired = bool(settings.paired)
+    if paired:
+        common = sorted(set(a.index) & set(b.index))
+        a, b = a.loc[common], b.loc[common]
+    av, bv = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+    row = {"n_a": len(av), "n_b": len(bv), "paired": paired,
+           "mean_a": float(av.mean()) if len(av) else math.nan,
+           "mean_b": float(bv.mean()) if len(bv) else math.nan}
+    row["diff"] = row["mean_b"] - row["mean_a"]
+    p, test = permutation_test(av, bv, paired, settings.n_permutations, settings.seed)
+    lo, hi = bootstrap_diff_ci(av, bv, paired, settings.level, settings.n_bootstrap, settings.seed)
+    d = effect_size(av, bv, paired)
+    row.update({"ci_low": lo, "ci_high": hi, "p_value": p, "test": test,
+                "significant": bool(p <= settings.alpha) if not math.isnan(p) else False,
+                "effect_size": d,
+                "seeds_for_power": seeds_for_power(d, settings.alpha, settings.power, paired, settings.max_seeds),
+                "smallest_p": smallest_p(len(av), len(bv), paired)})
+    return row
+
+
+# ------------------------------------------------------------------ verdicts
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def verdict(row: dict, settings: SignificanceSettings) -> str:
+    """The one-line verdict of a comparison row: the identifying columns of
+    :data:`COLUMNS` plus what :func:`compare` returns (``paired``, ``smallest_p``)."""
+    words, higher_better = METRICS[row["metric"]]
+    a, b, diff = row["a"], row["b"], row["diff"]
+    where = f"{row['model']}/{row['reward']}: "
+    if math.isnan(diff):
+        return where + f"{b} against {a} on {words}: no runs to compare"
+    if _negligible(diff, max(abs(row["mean_a"]), abs(row["mean_b"]))):
+        diff = 0.0
+    if row["metric"] == "epochs_to_target":
+        target = f"{row['reward']} {row['level']:g}"
+        if diff == 0:
+            claim = f"{b} and {a} reach {target} in the same number of epochs"
+        else:
+            claim = f"{b} reaches {target} in {_g(abs(diff))} {'fewer' if diff < 0 else 'more'} epochs than {a}"
+        detail = [row["statistic"].replace(" (", ", ").rstrip(")"),
+                  f"censored runs: {a} {row['censored_a']}/{row['n_a']}, {b} {row['censored_b']}/{row['n_b']}"]
+    else:
+        at = f" at matched reward {row['level']:.4g}" if not math.isnan(row["level"]) else ""
+        if diff == 0:
+            claim = f"{b} and {a} have the same {words}{at}"
+        else:
+            better = (diff > 0) == higher_better
+            claim = (f"{b} has {_g(abs(diff))} {'higher' if diff > 0 else 'lower'} {words} than {a}{at} "
+                     f"({'better' if better else 'worse'})")
+        detail = []
+    level = f"{100 * settings.level:g}% CI of {b} - {a} [{_g(row['ci_low'])}, {_g(row['ci_high'])}]"
+    seeds = f"{row['n_a']} paired seeds" if row["paired"] else f"{row['n_a']} + {row['n_b']} seeds"
+    test = row["test"].split(" (")[0]
+    detail += [level, f"p={row['p_value']:.3g}", test, seeds]
+    line = f"{where}{claim} ({'; '.join(detail)}): "
+    if row["significant"]:
+        return line + f"significant at alpha={settings.alpha:g}"
+    line += f"not significant at alpha={settings.alpha:g}"
+    n, d = row["seeds_for_power"], row["effect_size"]
+    per = "" if row["paired"] else " per algorithm"
+    pw = f"{100 * settings.power:g}% power"
+    if math.isnan(n):
+        line += "; too few seeds to estimate the seeds needed"
+    elif math.isinf(n):
+        line += ("; no observed effect to power a test for" if d == 0
+                 else f"; >{settings.max_seeds} seeds{per} needed for {pw}")
+    else:
+        line += f"; ~{int(n)} seeds{per} needed for {pw}"
+    if row.get("smallest_p", 0) > settings.alpha:
+        line += f" (with these seeds the smallest attainable p is {row['smallest_p']:.3g})"
+    return line
+
+
+# ------------------------------------------------------------------ the table
+
+def final_reward_runs(curves: pd.DataFrame, last_k: int = FINAL_LAST_K) -> pd.DataFrame:
+    """Per run: the training reward averaged over its last ``last_k`` epochs.
+    Columns: ``model, reward, algorithm, seed, value``."""
+    keys = ["model", "reward", "algorithm", "seed"]
+    if curves.empty:
+        return pd.DataFrame(columns=[*keys, "value"])
+    rows = [{**dict(zip(keys, k)), "value": float(s.sort_values("epoch")["reward_mean"].tail(last_k).mean())}
+            for k, s in curves.groupby(keys)]
+    return pd.DataFrame(rows, columns=[*keys, "value"])
+
+
+def default_pairs(algorithms) -> list[tuple[str, str]]:
+    """Every ``(X, pcpo-X)`` with both present."""
+    algs = set(algorithms)
+    return sorted((b[len("pcpo-"):], b) for b in algs if b.startswith("pcpo-") and b[len("pcpo-"):] in algs)
+
+
+def _per_seed(df: pd.DataFrame, alg: str, col: str = "value") -> pd.Series:
+    s = df[df["algorithm"] == alg].set_index("seed")[col]
+    return s.sort_index()
+
+
+def significance_table(curves: pd.DataFrame, points: pd.DataFrame, config: dict,
+                       settings: SignificanceSettings | None = None) -> pd.DataFrame:
+    """The comparisons of every pair on every metric, one row each (:data:`COLUMNS`):
+    ``level`` is the target reward (epochs to target), the matched reward (FID, KID,
+    diversity) or NaN (final reward); ``diff``, the CI and ``effect_size`` are of
+    ``b - a``; ``n_a``/``n_b`` count the seeds compared (the common ones when paired).
+
+    ``curves``: the training table (``tables/training.csv``); ``points``: the
+    evaluation table (``tables/all_metrics.csv``); ``config``: the experiment
+    config (``evaluation.targets``, ``evaluation.matched_rewards``, ``matrix``,
+    ``report.significance``)."""
+    settings = settings or significance_settings(config)
+    ev = config.get("evaluation") or {}
+    targets = ev.get("targets") or {}
+    known = {a for block in config.get("matrix", []) for a in block.get("algorithms", [])}
+    for df in (curves, points):
+        if not df.empty:
+            known |= set(df["algorithm"]) - {"base"}
+    check_pair_names(settings, known)
+
+    # tidy per-run values: model, reward, algorithm, seed, metric, level, value[, epochs, horizon]
+    frames = []
+    ett = epochs_to_target_runs(curves, targets)
+    if len(ett):
+        frames.append(ett.assign(metric="epochs_to_target", level=ett["target"], value=ett["epochs"]))
+    fin = final_reward_runs(curves)
+    if len(fin):
+        frames.append(fin.assign(metric="final_reward", level=math.nan))
+    if not points.empty:
+        for (model, reward), p in points.groupby(["model", "reward"]):
+            levels = (ev.get("matched_rewards") or {}).get(reward) or auto_levels(p, "eval_reward")
+            metrics = [q for q in MATCHED_METRICS if q in p and not p[q].isna().all()]
+            if levels and metrics:
+                frames.append(matched_reward_runs(p, "eval_reward", metrics, levels))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    values = pd.concat(frames, ignore_index=True)
+    values = values[values["algorithm"] != "base"]
+
+    order = {m: i for i, m in enumerate(METRICS)}
+    rows = []
+    for (model, reward), g in values.groupby(["model", "reward"], sort=True):
+        present = set(g["algorithm"])
+        pairs = default_pairs(present)
+        pairs += [p for p in settings.pairs if p not in pairs and set(p) <= present]
+        # (metric, level) in report order; no level (final reward) as -inf, so NaN never enters a set
+        keys = sorted({(m, -math.inf if pd.isna(lv) else float(lv)) for m, lv in zip(g["metric"], g["level"])},
+                      key=lambda k: (order[k[0]], k[1]))
+        for a, b in pairs:
+            for metric, key_level in keys:
+                level = math.nan if key_level == -math.inf else key_level
+                sub = g[(g["metric"] == metric) & (g["level"].isna() if math.isnan(level) else g["level"] == level)]
+                sub = sub[sub["algorithm"].isin([a, b])]
+                if not {a, b} <= set(sub["algorithm"]):
+                    continue
+                row = {"model": model, "reward": reward, "metric": metric, "level": level, "a": a, "b": b,
+                       "censored_a": 0, "censored_b": 0, "statistic": "mean"}
+                if metric == "epochs_to_target":
+                    horizon = int(sub["horizon"].min())
+                    vals = sub["epochs"].astype(float).clip(upper=horizon + 1)
+                    cens = sub["epochs"].astype(float) > horizon
+                    sub = sub.assign(value=vals, censored=cens)
+                    row["statistic"] = f"restricted mean (censored at horizon {horizon} epochs)"
+                sa, sb = _per_seed(sub, a), _per_seed(sub, b)
+                row.update(compare(sa, sb, settings))
+                if metric == "epochs_to_target":  # censored among the seeds compared
+                    ca, cb = _per_seed(sub, a, "censored"), _per_seed(sub, b, "censored")
+                    if row["paired"]:
+                        common = sorted(set(ca.index) & set(cb.index))
+                        ca, cb = ca.loc[common], cb.loc[common]
+                    row["censored_a"], row["censored_b"] = int(ca.sum()), int(cb.sum())
+                row["verdict"] = verdict(row, settings)
+                rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.DataFrame(rows)[COLUMNS]
