@@ -659,6 +659,8 @@ def _main(ap, args) -> int:
         summary["error"] = f"building the pipeline folder failed: {type(e).__name__}: {e}"
         return finish(1)
 
+    from pcpo.config import recomputes_old_logprobs
+
     durations: list[float] = []
     interrupted = False
     for alg, mode in [(a, m) for a in algorithms for m in args.old_logprobs]:
@@ -674,8 +676,8 @@ def _main(ap, args) -> int:
             holder: dict = {}
             a0 = time.perf_counter()
             try:
-                recomputes = mode == "recompute" or (mode == "auto" and (dtype != "float32" or dev.type == "cuda"))
-                tol = args.recompute_tolerance if recomputes else args.logratio_tolerance
+                tol = args.recompute_tolerance if recomputes_old_logprobs(mode, dtype, dev.type) \
+                    else args.logratio_tolerance
                 cfg = make_config(spec, folder, device, dtype, tol, old_logprobs=mode)
                 rec.update(bench_algorithm(alg, cfg, out / "runs" / f"{alg}-{mode}", dev, args.save_checkpoints,
                                            holder))

@@ -130,7 +130,8 @@ class Framework:
             if fam not in ("ddim", "flow") or s not in SAMPLERS:
                 raise ValueError(f"framework {self.name!r}: bad sampler entry {fam!r}: {s!r}")
         for fname, val, reg in (("advantage", self.advantage, ADVANTAGES), ("objective", self.objective, OBJECTIVES),
-                                ("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)):
+                                ("noise_schedule", self.noise_schedule, NOISE_SCHEDULES),
+                                ("step_selection", self.step_selection, STEP_SELECTORS)):
             if val not in reg:
                 raise ValueError(f"framework {self.name!r}: {fname} {val!r} is not registered (registered: "
                                  f"{', '.join(reg.names())}); register it before the framework")
@@ -141,8 +142,6 @@ class Framework:
             raise ValueError(f"framework {self.name!r}: objective_form must be one of {FORMS}")
         if not 0 < self.timestep_fraction <= 1:
             raise ValueError(f"framework {self.name!r}: timestep_fraction must be in (0, 1]")
-        if self.step_selection not in STEP_SELECTORS:
-            raise ValueError(f"framework {self.name!r}: step_selection must be one of {STEP_SELECTORS.names()}")
         for fname, val, allowed in (("cfg_grad", self.cfg_grad, CFG_GRADS), ("prompt_draw", self.prompt_draw, PROMPT_DRAWS),
                                     ("kl_form", self.kl_form, KL_FORMS),
                                     ("ema_unit", self.ema_unit, EMA_UNITS)):

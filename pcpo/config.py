@@ -243,6 +243,15 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+SHARDING_MODES = ("none", "fsdp")
+
+
+def recomputes_old_logprobs(mode: str, dtype: str, device_type: str) -> bool:
+    """``train.old_logprobs``: whether the old log-probs are recomputed with the training forward;
+    ``auto`` does so unless the model is float32 on a CPU."""
+    return mode == "recompute" or (mode == "auto" and (dtype != "float32" or device_type == "cuda"))
+
+
 def validate(cfg: TrainingConfig) -> None:
     """Range and batch-arithmetic checks (types were checked while loading)."""
     t, s = cfg.train, cfg.sampling
@@ -263,7 +272,7 @@ def validate(cfg: TrainingConfig) -> None:
         raise ConfigError(f"sampling.reduction: must be 'mean' or 'sum', got {s.reduction!r}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
-    if t.sharding not in ("none", "fsdp"):
+    if t.sharding not in SHARDING_MODES:
         raise ConfigError(f"train.sharding: must be 'none' or 'fsdp', got {t.sharding!r}")
     if t.sharding == "fsdp" and cfg.lora.enabled:
         raise ConfigError("train.sharding: fsdp shards a full fine-tune; set lora.enabled: false, or keep "

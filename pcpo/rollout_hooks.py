@@ -5,8 +5,8 @@ A hook is ``fn(trainer, traj, epoch, **options) -> Trajectory``: it may return t
 trajectory it was given, changed or not, or a new one with more or fewer rows.  The
 trainer then scores the rewards of whatever comes back, computes advantages over
 it and trains on it, so what a hook adds is trained like a rollout row.  Model
-forwards a hook makes count towards the epoch's forward budget when they go
-through ``trainer.count_forwards`` (see ``Trainer.counted_predict``).  A module in
+forwards a hook makes through ``trainer.model.predict_guided`` are counted, as the
+phase ``hook`` (``nfe_hook`` in metrics.csv).  A module in
 ``baselines/`` registers one with :func:`register_rollout_hook`.
 """
 from __future__ import annotations

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import torch
 
-SHARDING_MODES = ("none", "fsdp")
-
-
 def is_dtensor(t) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -141,6 +138,6 @@ def load_full_optimizer_state(module: torch.nn.Module, opt: torch.optim.Optimize
     set_optimizer_state_dict(module, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
 
-__all__ = ["SHARDING_MODES", "shard", "fsdp_units", "grad_norm", "clip_grad_norm", "full_tensor", "like",
+__all__ = ["shard", "fsdp_units", "grad_norm", "clip_grad_norm", "full_tensor", "like",
            "full_model_state", "load_full_model_state", "full_optimizer_state", "load_full_optimizer_state",
            "is_dtensor"]

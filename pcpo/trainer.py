@@ -29,15 +29,14 @@ from pcpo import checkpoint as ck
 from pcpo import sharding
 from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
-from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict
+from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict, recomputes_old_logprobs
 from pcpo.credit import CreditPlan, plan_credit
 from pcpo.models import load_model
-from pcpo.objectives import Objective, approx_kl, outside_clip_range, step_kl
+from pcpo.noise_schedules import schedule_levels, stochastic_count
+from pcpo.objectives import Objective, StepContext, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
 from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
-from pcpo.noise_schedules import schedule_levels, stochastic_count
-from pcpo.objectives import StepContext
 from pcpo.rollout_hooks import ROLLOUT_HOOKS
 from pcpo.trained_steps import select_steps, trained_step_count
 from pcpo.utils import atomic_write_json, atomic_write_text
@@ -172,9 +171,7 @@ class Trainer:
             raise ConfigError("lora: no trainable parameters (check the model adapter's lora_target_modules)")
 
         self.st = RunSettings.build(cfg, self.fw, self.model.family, self.model.default_guidance_scale)
-        mode = cfg.train.old_logprobs
-        self.recompute = mode == "recompute" or (mode == "auto" and (mdtype != torch.float32
-                                                                      or self.acc.device.type == "cuda"))
+        self.recompute = recomputes_old_logprobs(cfg.train.old_logprobs, cfg.model.dtype, self.acc.device.type)
         if self.st.kl_beta > 0 and self.st.kl_form == "flow_grpo" and self.model.family != "flow":
             raise ConfigError(f"algorithms.{self.name}.kl_form: 'flow_grpo' divides by the flow SDE's sigma~(s) and "
                               "needs a flow model; use kl_form: gaussian on a DDIM model")
@@ -763,12 +760,11 @@ class Trainer:
                         losses.append(float(loss.detach()))
                         akls.append(float(approx_kl(lr_)))
                 if sync:
-                    if self.sharded:
-                        gn = sharding.clip_grad_norm(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
-                            else sharding.grad_norm(self.params)
+                    if self.st.max_grad_norm:
+                        clip = sharding.clip_grad_norm if self.sharded else self.acc.clip_grad_norm_
+                        gn = clip(self.params, self.st.max_grad_norm)
                     else:
-                        gn = self.acc.clip_grad_norm_(self.params, self.st.max_grad_norm) if self.st.max_grad_norm \
-                            else _grad_norm(self.params)
+                        gn = sharding.grad_norm(self.params)
                     gnorms.append(float(gn))
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
@@ -805,11 +801,6 @@ class Trainer:
             "grad_share": (gshare / total).tolist(),
             "count_by_step": cnt.tolist(),
         }
-
-
-def _grad_norm(params) -> torch.Tensor:
-    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.zeros(())
 
 
 def _mean(xs) -> float:

@@ -8,7 +8,7 @@ function to a batch in which every sample can be at a different step index.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -40,8 +40,6 @@ class SamplerGrid:
         """This grid with step i's noise multiplied by ``levels[i]`` (level 0: the ODE step of
         the same sampler: deterministic DDIM, or the Euler step of the flow).  ``std`` and
         ``coef`` are recomputed, so credit weights and log-probs follow the new levels."""
-        import dataclasses
-
         lv = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
         if lv.shape[0] != self.num_steps or (lv < 0).any() or not torch.isfinite(lv).all():
             raise ValueError(f"noise levels: need {self.num_steps} finite values >= 0, got {lv.tolist()}")
@@ -51,7 +49,7 @@ class SamplerGrid:
         else:
             coef, std, _ = flow_coef_and_std(self.timesteps, self.next_timesteps, self.noise_level * lv,
                                              self.flow_form, self.s_max)
-        return dataclasses.replace(self, std=std, coef=coef, noise_scale=lv)
+        return replace(self, std=std, coef=coef, noise_scale=lv)
 
     @property
     def num_steps(self) -> int:

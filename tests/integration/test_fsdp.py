@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.test_multiprocess import SAME, _rows, _train, torchrun
-from tests.integration.test_trainer import TIME_COLS, make_config
+from tests.integration.test_multiprocess import SAME, _rows, _train, assert_same_weights, kill_and_resume, torchrun
+from tests.integration.test_trainer import make_config
 from tests.helpers import pcpo_cmd
 
 pytestmark = pytest.mark.slow
@@ -30,14 +30,11 @@ def test_fsdp_two_processes_match_one_unsharded(tmp_path, tiny_models, algorithm
     for k in ("reward_mean", "reward_std", "adv_abs_mean", "loss", "grad_norm", "clipfrac"):
         assert float(r1[0][k]) == pytest.approx(float(r2[0][k]), rel=1e-4, abs=1e-6), k
     for name in ["trainable"] + (["ema"] if algorithm == "flow_grpo" else []):
-        f = f"checkpoints/epoch_000000/{name}.safetensors"
-        a, b = load_file(str(tmp_path / "one" / f)), load_file(str(tmp_path / "two" / f))
-        assert a.keys() == b.keys() and len(a) > 10  # the whole UNet, under its own names
-        for k in a:
-            # Adam divides by sqrt(v): rounding in the gradient reduction order moves a weight by a few
-            # percent of one lr-sized step at most
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=5e-6)
-        assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
+        # Adam divides by sqrt(v): rounding in the gradient reduction order moves a weight by a few
+        # percent of one lr-sized step at most
+        w = assert_same_weights(tmp_path / "one", tmp_path / "two", name, rtol=1e-4, atol=5e-6)
+        assert len(w) > 10  # the whole UNet, under its own names
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
 
 
 def test_fsdp_kill_resumes_and_the_checkpoint_samples(tmp_path, tiny_models):
@@ -47,18 +44,7 @@ def test_fsdp_kill_resumes_and_the_checkpoint_samples(tmp_path, tiny_models):
                       train_batch_size=2, gradient_accumulation=1, checkpoint_every=1)
     base = torchrun(2, "train", "--config", str(cfg), "--algorithm", "flow_grpo", "--seed", "4", *FULL,
                     "--set", "train.sharding=fsdp")
-    full = _train(base, tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed = _train(base, tmp_path / "killed", env={"PCPO_FAULT_AFTER_EPOCH": "1"})
-    assert killed.returncode != 0
-    again = _train(base, tmp_path / "killed")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stderr
-    a, b = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "killed" / "metrics.csv")
-    assert len(a) == len(b) == 3
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k not in TIME_COLS | {"time_recompute"}} == \
-               {k: v for k, v in rb.items() if k not in TIME_COLS | {"time_recompute"}}
+    kill_and_resume(base, tmp_path, epochs=3)
     last = tmp_path / "full" / "checkpoints" / "epoch_000002"
     pol = load_policy(last, use_ema=True)
     w = load_file(str(last / "ema.safetensors"))

@@ -34,6 +34,33 @@ def _train(cmd, out, env=None):
     return r
 
 
+def assert_same_weights(dir_a, dir_b, name="trainable", epoch=0, **tol):
+    """The ``name`` weights of two runs' checkpoints at ``epoch``: the same keys, values within ``tol``."""
+    f = f"checkpoints/epoch_{epoch:06d}/{name}.safetensors"
+    a, b = load_file(str(dir_a / f)), load_file(str(dir_b / f))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tol)
+    return a
+
+
+def kill_and_resume(cmd, tmp_path, epochs: int) -> None:
+    """Run ``cmd`` through, then again killed after epoch 1 and restarted: both end with the
+    same metrics, timings aside."""
+    full = _train(cmd, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _train(cmd, tmp_path / "killed", env={"PCPO_FAULT_AFTER_EPOCH": "1"})
+    assert killed.returncode != 0
+    again = _train(cmd, tmp_path / "killed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    a, b = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "killed" / "metrics.csv")
+    assert len(a) == len(b) == epochs
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in TIME_COLS | {"time_recompute"}} == \
+               {k: v for k, v in rb.items() if k not in TIME_COLS | {"time_recompute"}}
+
+
 # 8 samples (4 groups of 2); one optimizer step per epoch on either world size, every step trained
 SAME = ["--set", "train.timestep_fraction=1.0", "--set", "train.device=cpu"]
 
@@ -53,30 +80,15 @@ def test_two_processes_match_one(tmp_path, tiny_models, algorithm, family):
     for k in ("reward_mean", "reward_std", "reward_min", "reward_max", "adv_abs_mean", "samples"):
         assert float(r1[0][k]) == pytest.approx(float(r2[0][k]), rel=1e-6, abs=1e-7), k
     assert r1[0]["optimizer_steps"] == r2[0]["optimizer_steps"] == "1"
-    ck = "checkpoints/epoch_000000/trainable.safetensors"
-    a, b = load_file(str(tmp_path / "one" / ck)), load_file(str(tmp_path / "two" / ck))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert_same_weights(tmp_path / "one", tmp_path / "two", rtol=1e-4, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
 
 
 def test_two_process_kill_resumes_to_the_same_numbers(tmp_path, tiny_models):
     cfg = make_config(tmp_path, tiny_models["flow"], "flow", epochs=3, prompts_per_epoch=4, group_size=2,
                       train_batch_size=2, gradient_accumulation=1, checkpoint_every=1)
-    base = torchrun(2, "train", "--config", str(cfg), "--algorithm", "dancegrpo", "--seed", "2", *SAME)
-    full = _train(base, tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed = _train(base, tmp_path / "killed", env={"PCPO_FAULT_AFTER_EPOCH": "1"})
-    assert killed.returncode != 0
-    again = _train(base, tmp_path / "killed")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stderr
-    a, b = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "killed" / "metrics.csv")
-    assert len(a) == len(b) == 3
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k not in TIME_COLS | {"time_recompute"}} == \
-               {k: v for k, v in rb.items() if k not in TIME_COLS | {"time_recompute"}}
+    kill_and_resume(torchrun(2, "train", "--config", str(cfg), "--algorithm", "dancegrpo", "--seed", "2", *SAME),
+                    tmp_path, epochs=3)
 
 
 def test_workflow_launcher_starts_n_processes():
