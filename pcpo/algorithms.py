@@ -32,7 +32,7 @@ from pcpo.trained_steps import STEP_SELECTORS
 
 CFG_GRADS = ("both", "cond_only")
 PROMPT_DRAWS = ("per_group", "per_sample")
-EMA_UNITS = ("batch", "epoch")
+EMA_UNITS = ("batch", "step", "epoch")
 FAMILIES = ("ddim", "flow")
 
 
@@ -106,7 +106,8 @@ class Framework:
     #: optimizer steps between EMA updates
     ema_every: int = 1
     #: when the EMA is stepped: "batch", after every training micro-batch with the optimizer-step
-    #: count (Flow-GRPO's rule); "epoch", once after each epoch's update (DanceGRPO's FSDP_EMA)
+    #: count (Flow-GRPO's rule); "step", after every optimizer step (DiffusionNFT's);
+    #: "epoch", once after each epoch's update (DanceGRPO's FSDP_EMA)
     ema_unit: str = "batch"
     #: PCPO's proportional credit
     proportional: bool = False
@@ -215,6 +216,17 @@ class NotTransformable(ValueError):
     """PCPO's two parts are not defined for this framework."""
 
 
+def untransformable(fw: Framework) -> str | None:
+    """Why PCPO is not defined on ``fw`` (None: it is)."""
+    if not OBJECTIVES.get(fw.objective).likelihood:
+        return (f"{fw.name}'s objective {fw.objective!r} does not use per-step log-likelihood ratios, and PCPO "
+                "replaces exactly that ratio objective by its log-hinge")
+    if not NOISE_SCHEDULES.get(fw.noise_schedule).binary:
+        return (f"{fw.name}'s noise schedule {fw.noise_schedule!r} changes step noise levels, and PCPO's "
+                "proportional credit is computed on the sampler's own levels")
+    return None
+
+
 def pcpo_transform(fw: Framework, proportional: bool = True) -> Framework:
     """PCPO applied to a framework: log-hinge in matching form (+ proportional credit).
 
@@ -223,15 +235,9 @@ def pcpo_transform(fw: Framework, proportional: bool = True) -> Framework:
     on the framework's own grid, so every stochastic step must run at its own level
     (a binary noise schedule)."""
     prefix = "pcpo-" if proportional else "pcpo-base-"
-    if not OBJECTIVES.get(fw.objective).likelihood:
-        raise NotTransformable(
-            f"algorithm: {prefix}{fw.name} is not defined: {fw.name}'s objective {fw.objective!r} does not use "
-            "per-step log-likelihood ratios, and PCPO replaces exactly that ratio objective by its log-hinge; "
-            f"run {fw.name} itself")
-    if not NOISE_SCHEDULES.get(fw.noise_schedule).binary:
-        raise NotTransformable(
-            f"algorithm: {prefix}{fw.name} is not defined: {fw.name}'s noise schedule {fw.noise_schedule!r} "
-            "changes step noise levels, and PCPO's proportional credit is computed on the sampler's own levels")
+    why = untransformable(fw)
+    if why is not None:
+        raise NotTransformable(f"algorithm: {prefix}{fw.name} is not defined: {why}; run {fw.name} itself")
     what = "log-hinge objective + proportional credit" if proportional else "log-hinge objective, native credit"
     return dataclasses.replace(
         fw,
@@ -261,9 +267,9 @@ def _get(base: str, full: str, field_name: str) -> Framework:
 
 
 def algorithm_names() -> list[str]:
-    """Every runnable name: each framework and its two PCPO variants."""
+    """Every runnable name: each framework and its two PCPO variants where PCPO is defined."""
     discover()
     out = []
-    for n in FRAMEWORKS.names():
-        out += [n, f"pcpo-{n}", f"pcpo-base-{n}"]
+    for n, fw in FRAMEWORKS.items():
+        out += [n] if untransformable(fw) is not None else [n, f"pcpo-{n}", f"pcpo-base-{n}"]
     return out

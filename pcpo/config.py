@@ -298,8 +298,8 @@ def validate(cfg: TrainingConfig) -> None:
     if cfg.ema.decay is not None and not 0 < cfg.ema.decay < 1:
         raise ConfigError(f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
     positive("ema.update_every", cfg.ema.update_every)
-    if cfg.ema.unit not in (None, "batch", "epoch"):
-        raise ConfigError(f"ema.unit: must be 'batch' or 'epoch', got {cfg.ema.unit!r}")
+    if cfg.ema.unit not in (None, "batch", "step", "epoch"):
+        raise ConfigError(f"ema.unit: must be 'batch', 'step' or 'epoch', got {cfg.ema.unit!r}")
 
 
 def batch_arithmetic(cfg: TrainingConfig, world: int, sampler_steps: int, trained_steps: int) -> dict:

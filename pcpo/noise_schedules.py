@@ -53,6 +53,12 @@ def constant(T: int, epoch: int) -> torch.Tensor:
     return torch.ones(T, dtype=torch.float64)
 
 
+@register_noise_schedule("ode", count=lambda T, **_: 0)
+def ode(T: int, epoch: int) -> torch.Tensor:
+    """Every step deterministic: the sampler's ODE (DiffusionNFT's rollouts)."""
+    return torch.zeros(T, dtype=torch.float64)
+
+
 def schedule_levels(name: str, T: int, epoch: int, options: dict | None = None) -> torch.Tensor:
     """The levels of schedule ``name`` for ``epoch``, checked against its contract."""
     sch = NOISE_SCHEDULES.get(name, "noise_schedule")

@@ -34,8 +34,9 @@ from pcpo.registry import Registry
 from pcpo.rollout.steps import _bcast, matching_log_ratio, reduce_dims
 
 FORMS = ("ratio", "matching")
-#: ``gaussian``: the exact KL of the two step Gaussians; ``flow_grpo``: Flow-GRPO's code
-KL_FORMS = ("gaussian", "flow_grpo")
+#: ``gaussian``: the exact KL of the two step Gaussians; ``flow_grpo``: Flow-GRPO's code;
+#: ``prediction``: the mean squared difference of the two network predictions (DiffusionNFT's)
+KL_FORMS = ("gaussian", "flow_grpo", "prediction")
 
 
 def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float):
@@ -81,6 +82,13 @@ class StepContext:
     old_mean_fn: Callable[[], torch.Tensor] | None = None
     #: the steps trained this epoch (for objectives that normalise per-step weights over them)
     trained_pool: torch.Tensor | None = None
+    #: the training forward's network prediction (with its graph), and the rollout policy's stored
+    #: prediction at the same state (for objectives on predictions rather than log-densities)
+    pred: torch.Tensor | None = None
+    old_pred: torch.Tensor | None = None
+    #: the state the step starts from, and the trajectory's final (clean) sample
+    sample: torch.Tensor | None = None
+    final_sample: torch.Tensor | None = None
 
     def old_mean(self) -> torch.Tensor:
         """The rollout policy's mean of this step (from its stored prediction; no network call)."""
@@ -95,16 +103,21 @@ class ObjectiveSpec:
     fn: Callable[[StepContext], tuple]
     #: the objective is a function of the step log-ratio (PCPO's log-hinge can replace it)
     likelihood: bool = True
+    #: ``fn(grid, pool) -> (T,)``: the per-step factor the objective multiplies each step's loss
+    #: by, for objectives that reweight timesteps (TempFlow-GRPO); the report lays it beside
+    #: PCPO's credit.  None: every step weighted 1.
+    step_weight: Callable | None = None
 
 
 OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
 
 
-def register_objective(name: str, likelihood: bool = True):
-    """Decorator: register ``fn(ctx: StepContext) -> (loss (B,), inactive (B,) bool)``."""
+def register_objective(name: str, likelihood: bool = True, step_weight: Callable | None = None):
+    """Decorator: register ``fn(ctx: StepContext) -> (loss (B,), inactive (B,) bool)``;
+    ``step_weight(grid, pool) -> (T,)`` declares a per-step loss factor (see ObjectiveSpec)."""
 
     def deco(fn):
-        OBJECTIVES.register(name, ObjectiveSpec(name, fn, likelihood), overwrite=True)
+        OBJECTIVES.register(name, ObjectiveSpec(name, fn, likelihood, step_weight), overwrite=True)
         return fn
 
     return deco
@@ -133,7 +146,8 @@ def gaussian_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tens
 
 
 def step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, step_std: torch.Tensor, sde_sigma: torch.Tensor,
-            form: str = "gaussian", reduction: str = "mean") -> torch.Tensor:
+            form: str = "gaussian", reduction: str = "mean", pred: torch.Tensor | None = None,
+            ref_pred: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample KL penalty between the policy's and the reference's step means.
 
     ``gaussian``: ``|mu - mu_ref|^2 / (2 std^2)`` with the step std, the exact KL of
@@ -141,7 +155,13 @@ def step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, step_std: torch.Tensor, 
     ``2 sigma~(s)^2``, the SDE's noise-level sigma without the ``sqrt(ds)`` of the
     step (``scripts/train_sd3.py``: ``kl_loss = ((prev_sample_mean - prev_sample_mean_ref)
     ** 2).mean(...) / (2 * std_dev_t ** 2)``), i.e. the exact KL times ``ds``.
+    ``prediction``: ``mean |pred - ref_pred|^2`` over each sample's elements, whatever the
+    reduction (DiffusionNFT's ``kl_div_loss``; defined on deterministic steps too).
     """
+    if form == "prediction":
+        if pred is None or ref_pred is None:
+            raise ValueError("kl_form 'prediction' needs the policy's and the reference's predictions")
+        return ((pred.float() - ref_pred.float()) ** 2).flatten(1).mean(dim=1)
     if form == "gaussian":
         return gaussian_mean_kl(mean, ref_mean, step_std, reduction)
     if form == "flow_grpo":

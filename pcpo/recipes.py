@@ -208,8 +208,10 @@ def write_docs(folder: str | Path) -> list[Path]:
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     written = []
+    from pcpo.algorithms import FRAMEWORKS, untransformable
+
     for n in cited_baselines():
-        for name in (n, f"pcpo-{n}"):
+        for name in (n, f"pcpo-{n}") if untransformable(FRAMEWORKS.get(n)) is None else (n,):
             p = d / f"{name}.md"
             atomic_write_text(p, render_card(name))
             written.append(p)

@@ -33,11 +33,11 @@ from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to
 from pcpo.credit import CreditPlan, plan_credit
 from pcpo.models import load_model
 from pcpo.noise_schedules import schedule_levels, stochastic_count
-from pcpo.objectives import Objective, StepContext, approx_kl, outside_clip_range, step_kl
+from pcpo.objectives import OBJECTIVES, Objective, StepContext, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
 from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
-from pcpo.rollout_hooks import ROLLOUT_HOOKS
+from pcpo.rollout_hooks import make_hook
 from pcpo.trained_steps import select_steps, trained_step_count
 from pcpo.utils import atomic_write_json, atomic_write_text
 
@@ -112,7 +112,8 @@ class RunSettings:
             kl_form=fw.kl_form,
             cfg_grad=fw.cfg_grad,
             max_grad_norm=pick(t.max_grad_norm, fw.defaults.get("max_grad_norm")),
-            guidance_scale=pick(s.guidance_scale, default_guidance),
+            # a framework may fix its own guidance (DiffusionNFT samples CFG-free); a config still wins
+            guidance_scale=pick(s.guidance_scale, fw.defaults.get("guidance_scale", default_guidance)),
             ema_decay=ema_decay,
             ema_warmup=bool(pick(e.warmup, fw.ema_warmup)),
             ema_every=int(pick(e.update_every, fw.ema_every)),
@@ -172,6 +173,11 @@ class Trainer:
 
         self.st = RunSettings.build(cfg, self.fw, self.model.family, self.model.default_guidance_scale)
         self.recompute = recomputes_old_logprobs(cfg.train.old_logprobs, cfg.model.dtype, self.acc.device.type)
+        # a likelihood-free objective (DiffusionNFT) has no old log-probs to recompute, and its stored
+        # predictions may come from another policy than the one trained (its sampling policy)
+        self.likelihood = OBJECTIVES.get(self.fw.objective, "objective").likelihood
+        if not self.likelihood:
+            self.recompute = False
         if self.st.kl_beta > 0 and self.st.kl_form == "flow_grpo" and self.model.family != "flow":
             raise ConfigError(f"algorithms.{self.name}.kl_form: 'flow_grpo' divides by the flow SDE's sigma~(s) and "
                               "needs a flow model; use kl_form: gaussian on a DDIM model")
@@ -223,6 +229,8 @@ class Trainer:
         self.audit: list[dict] = []
         self.start_epoch = 0
         self.tb = None
+        # the framework's rollout hook, built last: it may copy the trainable weights (pcpo.rollout_hooks)
+        self.hook = make_hook(self.fw.rollout_hook, self, self.fw.rollout_hook_options)
 
     # -------------------------------------------------------------- arithmetic
     def batch_arithmetic(self) -> dict:
@@ -288,6 +296,7 @@ class Trainer:
             "tracker": self.tracker.state_dict() if hasattr(self.tracker, "state_dict") else None,
             "ema": [e.cpu() for e in self.ema] if self.ema is not None else None, "ema_updates": self.ema_updates,
             "global_step": self.global_step,
+            "hook": self.hook.state_dict() if self.hook is not None else None,
             # the logs up to this epoch travel with the checkpoint: a workflow manager may delete
             # an interrupted job's metrics.csv before rerunning it
             "rows": list(self.rows), "audit": list(self.audit),
@@ -385,6 +394,8 @@ class Trainer:
             self.ema = [sharding.like(e, p) for e, p in zip(st["ema"], self.params)]
             self.ema_updates = int(st.get("ema_updates", 0))
         self.global_step = int(st.get("global_step", 0))
+        if self.hook is not None and st.get("hook") is not None:
+            self.hook.load_state_dict(st["hook"])
         self.start_epoch = st["epoch"] + 1
         self.rows = [r for r in st["rows"] if int(r["epoch"]) <= st["epoch"]]
         self.audit = [r for r in st["audit"] if int(r["epoch"]) <= st["epoch"]]
@@ -402,7 +413,7 @@ class Trainer:
                 "batch_arithmetic": self.batch_arithmetic(),
                 "credit": {"native": self.plan.native.tolist(), "train_weight": self.plan.train_weight.tolist(),
                            "grid_weight": self.plan.grid_weight.tolist(), "sigma": self.grid.std.tolist(),
-                           "timesteps": self.grid.timesteps.tolist()},
+                           "timesteps": self.grid.timesteps.tolist(), **self._objective_weight()},
             })
         print(self.describe(), flush=True)
         if self.cfg.train.tensorboard and self.acc.is_main_process:
@@ -445,6 +456,19 @@ class Trainer:
         if self.acc.is_main_process:
             atomic_write_text(self.out / "DONE", json.dumps({"epochs": epochs}) + "\n")
         return self.out
+
+    def _objective_weight(self) -> dict:
+        """An objective's own per-step loss factor (TempFlow-GRPO's s_t / mean s) over the steps its
+        selector trains, for the report's credit plot; empty for objectives without one."""
+        fn = OBJECTIVES.get(self.fw.objective).step_weight
+        if fn is None:
+            return {}
+        T = self.grid.num_steps
+        pool = torch.unique(select_steps(self.st.step_selection, T, self.st.timestep_fraction, 64,
+                                         torch.Generator().manual_seed(0),
+                                         stochastic=self.stochastic if self.likelihood else None))
+        return {"objective_weight": torch.as_tensor(fn(self.grid, pool), dtype=torch.float64).tolist(),
+                "objective_pool": pool.tolist()}
 
     def _write_logs(self, row: dict) -> None:
         _write_csv(self.out / "metrics.csv", self.rows)
@@ -516,12 +540,14 @@ class Trainer:
         self.epoch_grid = self.grid if bool((levels == 1).all()) else self.grid.scaled(levels)
         self.forwards = {}
         self._phase = "rollout"
+        if self.hook is not None:
+            self.hook.before_rollout(self, epoch)
         traj = rollout(self.model, prompts, self.epoch_grid, self.st.guidance_scale, self.gen_rollout, meta, gids,
                        share_initial_noise=self.fw.share_initial_noise, batch_size=self.cfg.sampling.batch_size,
                        reduction=self.cfg.sampling.reduction, **dist)
-        if self.fw.rollout_hook is not None:
+        if self.hook is not None:
             self._phase = "hook"
-            traj = ROLLOUT_HOOKS.get(self.fw.rollout_hook)(self, traj, epoch, **self.fw.rollout_hook_options)
+            traj = self.hook.after_rollout(self, traj, epoch)
         t1 = time.perf_counter()
         rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
         traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
@@ -530,6 +556,8 @@ class Trainer:
         traj.advantages = self.advantages(traj)
         all_adv = self.acc.gather(traj.advantages.to(self.acc.device)).cpu() if self.world > 1 else traj.advantages
         stats = self.update(traj, epoch)
+        if self.hook is not None:
+            self.hook.after_update(self, epoch)
         t3 = time.perf_counter()
         row = {
             "epoch": epoch, "samples": int(all_rewards.numel()),
@@ -655,7 +683,8 @@ class Trainer:
     def _ema_step(self) -> None:
         """One EMA step, with ``s`` the optimizer steps taken so far: called after every
         training micro-batch (``ema_unit: batch``, Flow-GRPO's ``ema.step(params, global_step)``
-        in ``flow_grpo/ema.py``) or once per epoch (``epoch``, DanceGRPO's ``FSDP_EMA.update``).
+        in ``flow_grpo/ema.py``), after every optimizer step (``step``, DiffusionNFT's) or once
+        per epoch (``epoch``, DanceGRPO's ``FSDP_EMA.update``).
         It updates when ``(s + 1) % ema_every == 0``: ``e <- d e + (1 - d) p`` with ``d`` the
         decay, or ``min((1 + s) / (10 + s), decay)`` with warm-up."""
         s = self.global_step
@@ -688,8 +717,9 @@ class Trainer:
         layouts = []  # (micro-batches, per-row steps) of every inner epoch, drawn before any update
         for _ in range(cfg.inner_epochs):
             perm = torch.randperm(B, generator=self.gen_train)
+            # a likelihood-free objective trains deterministic steps too (they need no log-probability)
             tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train,
-                                stochastic=self.stochastic)
+                                stochastic=self.stochastic if self.likelihood else None)
             layouts.append(([perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)], tsel))
         # the steps trained this epoch, for objectives that normalise per-step weights over them
         pool = torch.unique(torch.cat([ts.reshape(-1) for _, ts in layouts]))
@@ -713,7 +743,7 @@ class Trainer:
                         idx = tsel[rows, j]
                         x, x_next, tt, pred, out, lr_ = self._score(traj, rows, idx, cond, uncond)
                         pred.retain_grad()
-                        if inner == 0 and opt_steps == 0:
+                        if inner == 0 and opt_steps == 0 and self.likelihood:
                             a = lr_.detach().abs()
                             m = float(a.max())
                             first_max = max(first_max, m)
@@ -733,7 +763,9 @@ class Trainer:
                                     f"{cfg.logratio_tolerance:g}): {src}")
                         ctx = StepContext(lr_, adv, self.st.clip_range, idx=idx, out=out, grid=self.epoch_grid,
                                           options=self.fw.objective_options, trained_pool=pool,
-                                          old_mean_fn=self._old_mean_fn(traj, rows, idx, x, x_next))
+                                          old_mean_fn=self._old_mean_fn(traj, rows, idx, x, x_next),
+                                          pred=pred, old_pred=traj.preds[rows, idx].to(dev), sample=x,
+                                          final_sample=traj.states[rows, -1].to(dev))
                         per, inactive = self.objective.loss(lr_, adv, ctx)
                         loss = per.mean()
                         if self.st.kl_beta > 0:
@@ -741,7 +773,8 @@ class Trainer:
                                 ref_pred = self._ref_prediction(x.to(mdtype), tt, cond, uncond)
                                 ref_mean = self.epoch_grid.step(idx, ref_pred, x, prev_sample=x_next).mean
                             kl = step_kl(out.mean, ref_mean, out.std, self.epoch_grid.sde_sigma[idx].to(dev),
-                                         self.st.kl_form, self.cfg.sampling.reduction).mean()
+                                         self.st.kl_form, self.cfg.sampling.reduction,
+                                         pred=pred, ref_pred=ref_pred).mean()
                             loss = loss + self.st.kl_beta * kl
                             kls.append(float(kl.detach()))
                         if not torch.isfinite(loss):
@@ -770,6 +803,8 @@ class Trainer:
                     self.opt.zero_grad(set_to_none=True)
                     opt_steps += 1
                     self.global_step += 1
+                    if self.ema is not None and self.st.ema_unit == "step":
+                        self._ema_step()
                 if self.ema is not None and self.st.ema_unit == "batch":
                     self._ema_step()
         if self.ema is not None and self.st.ema_unit == "epoch":
