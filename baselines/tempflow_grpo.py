@@ -35,7 +35,7 @@ def noise_weights(std: torch.Tensor, pool: torch.Tensor | None) -> torch.Tensor:
     return std / ref.mean()
 
 
-@register_objective("tempflow_weighted")
+@register_objective("tempflow_weighted", step_weight=lambda grid, pool: noise_weights(grid.std, pool))
 def tempflow_weighted(ctx: StepContext):
     """PPO-clip times the step's noise-aware weight."""
     loss, inactive = ppo_clip_loss(ctx.log_ratio, ctx.advantages, ctx.clip_range)

@@ -50,10 +50,25 @@ def epochs_to_target_table(curves: pd.DataFrame, targets: dict, smooth: int = 1)
     for (model, reward, alg), g in epochs_to_target_runs(curves, targets, smooth).groupby(GROUP_KEYS):
         per_seed = [float(h + 1) if c else float(e) for e, h, c in zip(g["epochs"], g["horizon"], g["censored"])]
         mean, lo, hi = bootstrap_ci(per_seed)
-        rows.append({"model": model, "reward": reward, "algorithm": alg, "target": float(g["target"].iloc[0]),
-                     "seeds": len(per_seed), "epochs_mean": mean, "ci_low": lo, "ci_high": hi,
-                     "censored": int(g["censored"].sum()), "per_seed": " ".join(f"{x:g}" for x in per_seed)})
+        row = {"model": model, "reward": reward, "algorithm": alg, "target": float(g["target"].iloc[0]),
+               "seeds": len(per_seed), "epochs_mean": mean, "ci_low": lo, "ci_high": hi,
+               "censored": int(g["censored"].sum()), "per_seed": " ".join(f"{x:g}" for x in per_seed)}
+        if g["forwards_horizon"].notna().all():
+            # a run that never reached the target: its forwards plus one more epoch's, as for epochs
+            fw = [fh * (h + 1) / h if c else float(f) for f, fh, h, c in
+                  zip(g["forwards"], g["forwards_horizon"], g["horizon"], g["censored"])]
+            fm, flo, fhi = bootstrap_ci(fw)
+            row.update({"forwards_mean": fm, "forwards_ci_low": flo, "forwards_ci_high": fhi})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def cumulative_forwards(run: pd.DataFrame) -> np.ndarray | None:
+    """A run's model forwards and backwards up to and including each epoch (its rows in
+    epoch order), from the trainer's ``nfe_total``; None for logs without the count."""
+    if "nfe_total" not in run or run["nfe_total"].isna().any():
+        return None
+    return run.sort_values("epoch")["nfe_total"].astype(float).cumsum().to_numpy()
 
 
 def interpolate_at_reward(points: pd.DataFrame, reward_col: str, metric: str, level: float) -> float:
@@ -120,9 +135,11 @@ def epochs_to_target_runs(curves: pd.DataFrame, targets: dict, smooth: int = 1) 
     Columns: ``model, reward, algorithm, seed, target, epochs, horizon, censored``.
     ``epochs`` is ``inf`` for a run that never reached the target (``censored``);
     ``horizon`` is the number of epochs the run trained, so a censored run's
-    epochs to target is known only to exceed it.
+    epochs to target is known only to exceed it.  ``forwards`` is the network
+    forwards and backwards spent up to that epoch (``nfe_total`` summed; ``inf`` when
+    censored, NaN for logs without the count), ``forwards_horizon`` the run's total.
     """
-    cols = [*RUN_KEYS, "target", "epochs", "horizon", "censored"]
+    cols = [*RUN_KEYS, "target", "epochs", "horizon", "censored", "forwards", "forwards_horizon"]
     rows = []
     if curves.empty:
         return pd.DataFrame(columns=cols)
@@ -132,8 +149,14 @@ def epochs_to_target_runs(curves: pd.DataFrame, targets: dict, smooth: int = 1) 
         s = s.sort_values("epoch")
         tgt = float(targets[keys[1]])
         e = epochs_to_target(s["epoch"], s["reward_mean"], tgt, smooth)
+        cum = cumulative_forwards(s)
+        fw = fwh = math.nan
+        if cum is not None:
+            fwh = float(cum[-1])
+            fw = float(cum[int(np.nonzero(s["epoch"].to_numpy() + 1 == e)[0][0])]) if np.isfinite(e) else math.inf
         rows.append({**dict(zip(RUN_KEYS, keys)), "target": tgt, "epochs": e,
-                     "horizon": int(s["epoch"].max()) + 1, "censored": not np.isfinite(e)})
+                     "horizon": int(s["epoch"].max()) + 1, "censored": not np.isfinite(e),
+                     "forwards": fw, "forwards_horizon": fwh})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -262,13 +262,69 @@ def plot_epochs_to_target(ett: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_credit_weights(results: Path, path: Path) -> Path | None:
-    """Native vs trained (PCPO) weight per step for every algorithm and model."""
+def _credits(results: Path) -> dict:
+    """``{(model, algorithm): credit}`` from the first run's config.json of each."""
     seen = {}
     for f in sorted((results / "runs").glob("*/*/*/seed*/config.json")):
         d = json.loads(f.read_text())
-        key = (f.parts[-5], d["algorithm"])
-        seen.setdefault(key, d["credit"])
+        seen.setdefault((f.parts[-5], d["algorithm"]), d["credit"])
+    return seen
+
+
+def _effective(c: dict) -> np.ndarray:
+    """Native weight times an objective's own per-step factor, on the steps it trains."""
+    w = np.asarray(c["native"], dtype=float) * np.asarray(c["objective_weight"], dtype=float)
+    keep = np.zeros(len(w), dtype=bool)
+    keep[c.get("objective_pool", list(range(len(w))))] = True
+    return np.where(keep, w, np.nan)
+
+
+def credit_table(results: Path) -> pd.DataFrame:
+    """Per model and step: the native weight, PCPO's trained weight, and the effective
+    weight of every objective that reweights its steps (TempFlow-GRPO), side by side."""
+    rows = []
+    for (model, alg), c in sorted(_credits(results).items()):
+        steps = range(len(c["native"]))
+        if alg.startswith("pcpo-") and not alg.startswith("pcpo-base-"):
+            kind, w = "pcpo", c["train_weight"]
+        elif "objective_weight" in c:
+            kind, w = "objective", _effective(c).tolist()
+        else:
+            kind, w = "native", c["native"]
+        for i in steps:
+            rows.append({"model": model, "algorithm": alg, "credit": kind, "step": i,
+                         "timestep": float(c["timesteps"][i]), "weight": float(w[i]),
+                         "share": float(w[i] / np.nansum(w)) if np.isfinite(w[i]) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def plot_curves_vs_forwards(curves: pd.DataFrame, col: str, ylabel: str, path: Path, title: str) -> Path | None:
+    """``col`` against the run's cumulative network forwards and backwards (``nfe_total``)."""
+    if curves.empty or col not in curves or "nfe_total" not in curves or curves["nfe_total"].isna().all():
+        return None
+    fig, axes, keys = _panels(curves)
+    for ax, (model, reward) in zip(axes, keys):
+        sub = curves[(curves["model"] == model) & (curves["reward"] == reward)]
+        for alg, g in sub.groupby("algorithm"):
+            g = g.sort_values(["seed", "epoch"]).assign(cum=lambda d: d.groupby("seed")["nfe_total"].cumsum())
+            piv = g.pivot_table(index="epoch", columns="seed", values=col)
+            x = g.groupby("epoch")["cum"].mean().reindex(piv.index)
+            line, = ax.plot(x, piv.mean(axis=1), label=f"{alg} (n={piv.shape[1]})", lw=1.8,
+                            ls="-" if alg.startswith("pcpo-") else "--")
+            ax.fill_between(x, piv.min(axis=1), piv.max(axis=1), color=line.get_color(), alpha=0.18)
+        ax.set_title(f"{model} · {reward}")
+        ax.set_xlabel("network forwards + backwards (cumulative, CFG counted per branch)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " against compute (line: mean over seeds; band: min–max)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_credit_weights(results: Path, path: Path) -> Path | None:
+    """Native vs trained (PCPO) weight per step for every algorithm and model, with the
+    effective weight of objectives that reweight their steps (TempFlow-GRPO)."""
+    seen = _credits(results)
     if not seen:
         return None
     models = sorted({m for m, _ in seen})
@@ -285,6 +341,8 @@ def plot_credit_weights(results: Path, path: Path) -> Path | None:
                 drawn_native = True
             if alg.startswith("pcpo-") and not alg.startswith("pcpo-base"):
                 ax.plot(steps, c["train_weight"], "o-", ms=3, label=f"{alg} weight")
+            elif "objective_weight" in c:
+                ax.plot(steps, _effective(c), "^:", ms=4, label=f"{alg}: native × its step factor")
         ax.set_title(f"credit weights · {model}")
         ax.set_xlabel("sampling step (noise → data)")
         ax.set_ylabel("weight")
@@ -366,9 +424,13 @@ def build_report(results: str | Path, config: dict) -> Path:
     sections.append("## Final reward and clip fraction\n\n" + to_markdown(final))
 
     ett = epochs_to_target_table(curves, targets) if not curves.empty else pd.DataFrame()
-    write_table(ett, out, "epochs_to_target", "Epochs to reach the target training reward (95% bootstrap CI over seeds)")
-    sections.append("## Epochs to target\n\nTargets: " + ", ".join(f"{k} ≥ {v}" for k, v in targets.items())
-                    + "\n\n" + to_markdown(ett))
+    write_table(ett, out, "epochs_to_target", "Epochs and network forwards to reach the target training reward "
+                "(95% bootstrap CI over seeds; forwards: forward and backward passes summed, CFG branches counted)")
+    sections.append("## Epochs and forwards to target\n\nTargets: " + ", ".join(f"{k} ≥ {v}" for k, v in targets.items())
+                    + ". Forwards to target (`forwards_mean`) counts every network forward and backward pass up to "
+                    "that epoch (rollout with CFG branches, rollout hooks, old-log-prob recompute, training, "
+                    "reference model), so algorithms that sample or train different numbers of steps compare at "
+                    "equal compute; a censored run counts its forwards plus one epoch's.\n\n" + to_markdown(ett))
 
     matched_frames = []
     if not points.empty:
@@ -381,6 +443,17 @@ def build_report(results: str | Path, config: dict) -> Path:
     write_table(matched, out, "matched_reward", "Quality and diversity at matched evaluated reward (interpolated along checkpoints; 95% bootstrap CI)")
     sections.append("## Quality and diversity at matched reward\n\n" + to_markdown(matched))
 
+    credit = credit_table(results)
+    if not credit.empty:
+        write_table(credit, out, "credit_weights", "Per-step credit: native weight, PCPO's trained weight, and the "
+                    "effective weight of objectives that reweight steps (native × their factor), with each one's "
+                    "share of the trajectory")
+        sections.append("## Credit over timesteps\n\nNative weight, PCPO's proportional weight and, for objectives "
+                        "that reweight their steps (TempFlow-GRPO), native × their factor, as shares of the "
+                        "trajectory (`credit_weights.csv`; plot below).\n\n"
+                        + to_markdown(credit.pivot_table(index=["model", "step"], columns="algorithm",
+                                                         values="share").reset_index()))
+
     write_significance(sig, out, sig_settings)
     sections.append("## Statistical tests\n\n" + significance_caption(sig_settings) + " (`significance.csv`, "
                     "`significance.html`).\n\n" + ("".join(f"* {v}\n" for v in sig["verdict"]) or "_(no pairs)_\n"))
@@ -389,6 +462,9 @@ def build_report(results: str | Path, config: dict) -> Path:
 
     plots = [
         ("Reward against epoch", plot_curves(curves, "reward_mean", "training reward", out / "reward_vs_epoch.png", "Training reward")),
+        ("Reward against network forwards",
+         plot_curves_vs_forwards(curves, "reward_mean", "training reward", out / "reward_vs_forwards.png",
+                                 "Training reward")),
         ("Clip fraction against epoch", plot_curves(curves, "clipfrac", "clip fraction |ρ−1| > ξ", out / "clipfrac_vs_epoch.png",
                                                     "Clip fraction as the references log it (|ρ−1| > ξ, two-sided)")),
         ("Inactive fraction against epoch", plot_curves(curves, "clipfrac_inactive", "share with zero gradient",

@@ -124,3 +124,13 @@ def test_new_baselines_train_on_the_tiny_world(tmp_path, tiny_models, algorithm)
         assert trained == {(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3)}
     if algorithm == "tempflow_grpo":
         assert int(rows[0]["nfe_reference"]) == B * tr.trained_steps() * 2  # its KL term's reference forwards
+        # the report's credit plot reads the objective's own step factor from config.json
+        import json
+
+        from baselines.tempflow_grpo import noise_weights
+
+        credit = json.loads((tmp_path / "run" / "config.json").read_text())["credit"]
+        K = tr.trained_steps()
+        assert credit["objective_pool"] == list(range(K))  # Flow-GRPO trains the first int(0.99 T) steps
+        torch.testing.assert_close(torch.tensor(credit["objective_weight"], dtype=torch.float64),
+                                   noise_weights(tr.grid.std, torch.arange(K)))
