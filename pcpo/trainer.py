@@ -221,9 +221,10 @@ class Trainer:
         # the framework's advantage estimator (pcpo.advantages registry); its state, if any, is checkpointed
         self.tracker = ADVANTAGES.get(self.fw.advantage, "advantage")(**self.fw.advantage_options)
         base = self.seed * 1_000_003 + 17
-        self.gen_prompt = torch.Generator().manual_seed(base)
-        # the same stream on every process: each draws the global batch's noise and keeps its rows
-        self.gen_rollout = torch.Generator().manual_seed(base + 1)
+        # common random numbers: the prompt and rollout-noise streams are re-seeded from (seed, epoch)
+        # at every epoch (see _epoch_streams), so every algorithm run with the same seed and batch
+        # shape sees the same prompts and noise in every epoch, whatever earlier epochs consumed
+        self.gen_prompt, self.gen_rollout = self._epoch_streams(0)
         self.gen_train = torch.Generator().manual_seed(base + 1000 + self.rank)
         self.rows: list[dict] = []
         self.audit: list[dict] = []
@@ -231,6 +232,13 @@ class Trainer:
         self.tb = None
         # the framework's rollout hook, built last: it may copy the trainable weights (pcpo.rollout_hooks)
         self.hook = make_hook(self.fw.rollout_hook, self, self.fw.rollout_hook_options)
+
+    def _epoch_streams(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+        """The prompt and rollout-noise generators of ``epoch``: a function of (seed, epoch) only,
+        the same on every process (each draws the global batch's noise and keeps its rows)."""
+        base = self.seed * 1_000_003 + 17
+        return (torch.Generator().manual_seed(base + 7_919 * (2 * epoch + 1)),
+                torch.Generator().manual_seed(base + 7_919 * (2 * epoch + 2)))
 
     # -------------------------------------------------------------- arithmetic
     def batch_arithmetic(self) -> dict:
@@ -526,6 +534,7 @@ class Trainer:
 
     def epoch(self, epoch: int) -> tuple[dict, list[dict]]:
         t0 = time.perf_counter()
+        self.gen_prompt, self.gen_rollout = self._epoch_streams(epoch)
         prompts, meta, gids = self.sample_prompts()
         self.model.denoiser.eval()
         dist = {}

@@ -64,7 +64,8 @@ def draw_noise(
     """Initial states (B, *shape) and per-step noise (B, T, *shape), float32 on CPU.
 
     With ``share_initial`` all members of a group start from the same noise
-    (DanceGRPO); their per-step noise still differs.
+    (DanceGRPO): the noise its first member would have had without sharing; their
+    per-step noise still differs.  The stream is consumed identically either way.
 
     ``rows = (offset, total)``: this batch is rows ``offset .. offset + B`` of a global
     batch of ``total`` (one process's share); the noise of the whole global batch is
@@ -72,15 +73,17 @@ def draw_noise(
     are then global, ``groups_total`` of them.
     """
     offset, total = rows if rows is not None else (0, batch)
+    # every row's own initial noise is drawn whether or not a group shares one, so the stream is
+    # consumed the same way by every framework (common random numbers across algorithms)
+    x_all = torch.randn((total, *shape), generator=generator)
     if share_initial and group_ids is not None:
-        if groups_total is None:
-            uniq, inverse = torch.unique(group_ids, return_inverse=True)
-            per_group = torch.randn((len(uniq), *shape), generator=generator)
-            x0 = per_group[inverse]
-        else:
-            x0 = torch.randn((groups_total, *shape), generator=generator)[group_ids]
+        if groups_total is None:  # one process: a group starts from its first member's noise
+            first = torch.tensor([int((group_ids == g).nonzero()[0]) for g in group_ids.tolist()])
+            x0 = x_all[offset:offset + batch][first]
+        else:  # groups laid out contiguously over the global batch, total // groups_total rows each
+            x0 = x_all[group_ids * (total // groups_total)]
     else:
-        x0 = torch.randn((total, *shape), generator=generator)[offset:offset + batch]
+        x0 = x_all[offset:offset + batch]
     z = torch.randn((total, steps, *shape), generator=generator)[offset:offset + batch]
     return x0, z
 
