@@ -63,8 +63,17 @@ def test_every_algorithm_starts_at_ratio_one_and_stays_finite(tmp_path, tiny_mod
             assert math.isfinite(float(r[k])), k
     audit = read_rows(out / "credit_audit.csv")
     assert len(audit) == 2 * 4
-    shares = [float(a["grad_share"]) for a in audit if a["epoch"] == "1"]
-    assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+    # the gradient shares sum to 1 in every epoch that had a gradient; an epoch whose groups all
+    # tied (JPEG sizes are whole bytes, so two images of a group can tie) has zero advantages
+    moved = 0
+    for r in rows:
+        shares = [float(a["grad_share"]) for a in audit if a["epoch"] == r["epoch"]]
+        if float(r["adv_abs_mean"]) > 0:
+            assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+            moved += 1
+        else:
+            assert sum(shares) == 0.0
+    assert moved >= 1, "no epoch had a non-zero advantage"
     assert (out / "checkpoints" / "epoch_000001" / "trainable.safetensors").is_file()
     meta = json.loads((out / "config.json").read_text())
     assert meta["framework"]["proportional"] == (algorithm.startswith("pcpo-") and not algorithm.startswith("pcpo-base"))
