@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry runs of every config, and the smoke matrix end to
 end with a dropped-in baseline, interrupted mid-run and restarted."""
 import json
+import re
 import os
 import shutil
 import signal
@@ -117,6 +118,17 @@ register_framework(Framework(name="wfdrop", description="workflow test drop-in",
 '''
 
 
+def finished_outputs(log: str, base: Path) -> list[Path]:
+    """The folders under `base` holding an output of a job that Snakemake's log reports finished."""
+    jobs = {m.group(2): m.group(1) for m in re.finditer(r"^(?:local)?rule \w+:\n\s*(?:input: .*\n\s*)?output: (.*)\n(?:.*\n)*?\s*jobid: (\d+)", log, re.M)}
+    finished = set(re.findall(r"Finished job(?:id:)? (\d+)", log))
+    done = []
+    for d in base.iterdir() if base.is_dir() else []:
+        if any(jid in finished and f"{base.name}/{d.name}/" in block for jid, block in jobs.items()):
+            done.append(d)
+    return done
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """config/smoke.yaml plus a dropped-in baseline: started, killed once the first
@@ -134,7 +146,9 @@ def smoke_run(tmp_path_factory):
     try:
         args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(cfgfile)]
         t0 = time.time()
-        p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        first_log = tmp / "first_attempt.log"
+        logf = open(first_log, "w")
+        p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=logf, stderr=subprocess.STDOUT,
                              start_new_session=True, text=True)
         first_ckpt = None
         while time.time() - t0 < 600 and p.poll() is None:
@@ -146,11 +160,12 @@ def smoke_run(tmp_path_factory):
         assert p.poll() is None and first_ckpt is not None, "no training checkpoint appeared"
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+        logf.close()
         interrupted = time.time() - t0
-        # the base models whose job had finished at the kill (their declared output exists: pcpo_model.json,
-        # written last, or the classifier's config.json); a job killed mid-way is rightly rerun
-        done = [d for d in (results / "smoke" / "base").iterdir()
-                if (d / "pcpo_model.json").is_file() or (d.name == "classifier" and (d / "config.json").is_file())]
+        # the base models whose job had finished at the kill by Snakemake's own account: its log says
+        # "Finished jobid: N" for the job whose output is in that folder. A declared output on disk is
+        # not enough: a job killed after writing it but before Snakemake recorded the end is rightly rerun
+        done = finished_outputs(first_log.read_text(), results / "smoke" / "base")
         pre = {f: f.stat().st_mtime_ns for d in done for f in d.rglob("*.json")}
         # a hard kill leaves Snakemake's lock behind: the documented recovery is --unlock
         subprocess.run(args + ["--unlock"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120, check=True)
