@@ -204,6 +204,45 @@ REFERENCES = {
                     BASE + ": `train.max_grad_norm = 1.0`; " + NFT + ": `config.sample.guidance_scale = 1.0`"),
 }
 
+PAPER = "config/paper/diffusionnft_sd35m_pickscore.yaml"
+PICK = f"{REPO} config/nft.py, sd3_pickscore()"
+CONFIG_REFERENCES = {
+    PAPER: {
+        "model.path": Ref("stabilityai/stable-diffusion-3.5-medium", NFT + ": `config.pretrained.model`"),
+        "model.options.resolution": Ref(512, NFT + ": `config.resolution = 512` (sd3)"),
+        "model.options.max_sequence_length": Ref(128, TRAIN + ": `compute_text_embeddings(..., "
+                                                 "max_sequence_length=128)`"),
+        "model.dtype": Ref("float16", BASE + ": `config.mixed_precision = 'fp16'` (fp32 LoRA weights, autocast)",
+                           note="bf16 weights here, as the other SD3.5 config", deliberate=True),
+        "sampling.steps": Ref(10, NFT + ": `config.sample.num_steps = 10`"),
+        "sampling.guidance_scale": Ref(1.0, NFT + ": `config.sample.guidance_scale = 1.0`"),
+        "train.prompts_per_epoch": Ref(48, NFT + ": `num_groups = 48`"),
+        "train.group_size": Ref(24, NFT + ": `config.sample.num_image_per_prompt = 24`"),
+        "train.train_batch_size": Ref(9, NFT + ": `bsz = 9` (sd3), kept by the divisibility search at 8 GPUs"),
+        "resources.train_gpus": Ref(8, PICK + ": `n_gpus=8`"),
+        "train.gradient_accumulation": Ref(16, NFT + ": `gradient_accumulation_steps = num_batches_per_epoch // "
+                                           "gradient_step_per_epoch` = 1152 / (8 x 9) / 1"),
+        "samples_per_epoch": Ref(1152, NFT + ": 48 groups x 24 images"),
+        "optimizer_steps_per_epoch": Ref(1, PICK + ": `gradient_step_per_epoch=1`"),
+        "samples_per_optimizer_step": Ref(1152, "9 per GPU x 16 accumulated x 8 GPUs"),
+        "train.lr": Ref(3e-4, BASE + ": `train.learning_rate = 3e-4`"),
+        "train.adam_betas": Ref([0.9, 0.999], BASE + ": `train.adam_beta1 = 0.9`, `adam_beta2 = 0.999`"),
+        "train.weight_decay": Ref(1e-4, BASE + ": `train.adam_weight_decay = 1e-4`"),
+        "train.adam_eps": Ref(1e-8, BASE + ": `train.adam_epsilon = 1e-8`"),
+        "train.max_grad_norm": Ref(1.0, BASE + ": `train.max_grad_norm = 1.0`"),
+        "train.inner_epochs": Ref(1, BASE + ": `train.num_inner_epochs = 1`"),
+        "train.kl_beta": Ref(1e-4, NFT + ": `config.train.beta = 0.0001`"),
+        "lora.rank": Ref(32, TRAIN + ": `LoraConfig(r=32, lora_alpha=64, init_lora_weights='gaussian', ...)`"),
+        "lora.alpha": Ref(64, TRAIN + ": `lora_alpha=64`"),
+        "model.options.lora_targets": Ref(
+            ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
+             "attn.to_q", "attn.to_v"], TRAIN + ": `target_modules = [...]`"),
+        "evaluation.steps": Ref(40, NFT + ": `config.sample.eval_num_steps = 40`"),
+        "evaluation.guidance_scale": Ref(1.0, TRAIN + ", eval(): `guidance_scale=config.sample.guidance_scale`"),
+        "evaluation.deterministic": Ref(True, TRAIN + ", eval(): `deterministic=True, solver='flow'`"),
+    },
+}
+
 register_framework(Framework(
     name="diffusion_nft",
     description="DiffusionNFT: deterministic CFG-free rollouts by a soft-updated sampling policy, "
@@ -231,4 +270,5 @@ register_framework(Framework(
     ema_unit="step",
     defaults={"max_grad_norm": 1.0, "guidance_scale": 1.0},
     references=REFERENCES,
+    config_references=CONFIG_REFERENCES,
 ))

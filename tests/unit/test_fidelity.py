@@ -346,6 +346,7 @@ def test_paper_config_headline_numbers():
         "config/paper/dancegrpo_sd14_hpsv21.yaml": (512, 2),
         "config/paper/dancegrpo_flux_hpsv21.yaml": (192, 2),
         "config/paper/flowgrpo_sd35m_pickscore.yaml": (1152, 2),
+        "config/paper/diffusionnft_sd35m_pickscore.yaml": (1152, 1),
     }
     for path, (samples, steps) in table.items():
         assert config_value(path, "samples_per_epoch") == samples, path
