@@ -18,7 +18,9 @@ import torch
 
 log = logging.getLogger("pcpo.evaluate")
 
-ALL_METRICS = ("reward", "fid", "kid", "is", "diversity", "fd_dino")
+ALL_METRICS = ("reward", "fid", "kid", "is", "diversity", "coverage", "fd_dino")
+# what runs when the config names no metrics: coverage needs a task classifier, fd_dino offline weights
+DEFAULT_METRICS = ("reward", "fid", "kid", "is", "diversity")
 
 
 def expand(value, cfg: dict):
@@ -83,7 +85,7 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
     from pcpo.rewards import get_reward
 
     ev = cfg.get("evaluation", {})
-    metrics = list(metrics or ev.get("metrics") or ALL_METRICS[:-1])
+    metrics = list(metrics or ev.get("metrics") or DEFAULT_METRICS)
     bad = [m for m in metrics if m not in ALL_METRICS]
     if bad:
         raise ConfigError(f"--metric: unknown metric {bad[0]!r}; known: {', '.join(ALL_METRICS)}")
@@ -133,6 +135,14 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
                                   "or a classifier; name one (the tiny world's: '{classifier}')")
             out["is"] = M.inception_score(images, clf, classifier_name=name, batch_size=batch_size, device=device)
         timing["is"] = time.perf_counter() - t0
+    if "coverage" in metrics:
+        t0 = time.perf_counter()
+        clf, name = _classifier(cfg)
+        if clf is None:
+            raise ConfigError("evaluation.reference.classifier: the coverage metric needs a task classifier; "
+                              "name one (the tiny world's: '{classifier}') or drop coverage from evaluation.metrics")
+        out["coverage"] = M.class_coverage(images, clf, classifier_name=name, batch_size=batch_size, device=device)
+        timing["coverage"] = time.perf_counter() - t0
     if div is not None:
         out["diversity"] = div
     if "fd_dino" in metrics:

@@ -20,7 +20,7 @@ from evaluation.collapse import (
 from evaluation.significance import SignificanceSettings, significance_settings, significance_table
 from pcpo.utils import atomic_path, atomic_write_text
 
-QUALITY = ["fid", "kid", "is", "diversity"]
+QUALITY = ["fid", "kid", "is", "diversity", "coverage"]
 
 
 # ------------------------------------------------------------------ tables
@@ -475,6 +475,9 @@ def build_report(results: str | Path, config: dict) -> Path:
         ("Collapse: FID against reward", plot_collapse(points, "fid", out / "collapse_fid.png", "FID (lower is better)")),
         ("Collapse: KID against reward", plot_collapse(points, "kid", out / "collapse_kid.png", "KID (lower is better)")),
         ("Collapse: diversity against reward", plot_collapse(points, "diversity", out / "collapse_diversity.png", "diversity (higher is more diverse)")),
+        ("Collapse: class coverage against reward",
+         plot_collapse(points, "coverage", out / "collapse_coverage.png",
+                       "class coverage (1 = predicted digits spread evenly)")),
         ("Collapse: prompted digit recognised against reward",
          plot_collapse(points, "reward/digit_alignment", out / "collapse_alignment.png",
                        "digit alignment (classifier p of the prompted digit)")),

@@ -14,7 +14,7 @@ Metrics (one value per run, i.e. per seed):
   lower is better.  See *Censoring* below.
 * ``final_reward``: the training reward averaged over the last 3 epochs, the
   per-seed value behind :func:`evaluation.report.final_reward_table`; higher is better.
-* ``fid``, ``kid`` (lower is better) and ``diversity`` (higher is better) at each
+* ``fid``, ``kid`` (lower is better), ``diversity`` and ``coverage`` (higher is better) at each
   matched evaluated-reward level (``evaluation.matched_rewards[reward]``, else
   :func:`evaluation.collapse.auto_levels`), interpolated along each run's
   checkpoints as in :func:`evaluation.collapse.matched_reward_table`.  A run that
@@ -104,7 +104,7 @@ from pcpo.config import ConfigError
 
 EXACT_LIMIT = 4096  # enumerate sign patterns / splits exactly up to this many
 FINAL_LAST_K = 3  # final reward: mean of the last 3 epochs, as final_reward_table
-MATCHED_METRICS = ["fid", "kid", "diversity"]
+MATCHED_METRICS = ["fid", "kid", "diversity", "coverage"]
 
 # metric -> (words in a verdict, higher is better)
 METRICS = {
@@ -113,6 +113,7 @@ METRICS = {
     "fid": ("FID", False),
     "kid": ("KID", False),
     "diversity": ("diversity", True),
+    "coverage": ("class coverage", True),
 }
 
 COLUMNS = ["model", "reward", "metric", "level", "statistic", "a", "b", "n_a", "n_b", "censored_a", "censored_b",

@@ -210,6 +210,30 @@ def test_inception_score_refuses_fake_logits():
         inc.load_feature_extractor(("logits_unbiased",))
 
 
+def test_class_coverage_against_a_float64_histogram_entropy():
+    k, n = 10, 200
+    x = _indexed_images(n)
+    r = M.class_coverage(x, _Toy(torch.arange(n) % k, k))
+    assert r["value"] == pytest.approx(1.0, abs=1e-12) and r["modes"] == k and r["counts"] == [20] * k
+    assert r["network"] == "toy-classifier" and r["mean_confidence"] == pytest.approx(1.0)
+    assert M.class_coverage(x, _Toy(torch.zeros(n, dtype=torch.long), k))["value"] == 0.0
+    # an uneven histogram: three classes 100 / 60 / 40, recomputed independently in float64
+    labels = torch.tensor([3] * 100 + [7] * 60 + [1] * 40)
+    r = M.class_coverage(x, _Toy(labels, k), batch_size=7)
+    p = np.array([100, 60, 40], dtype=np.float64) / n
+    assert r["value"] == pytest.approx(float(-(p * np.log(p)).sum() / np.log(k)), rel=1e-12)
+    assert r["modes"] == 3 and r["counts"][3] == 100 and sum(r["counts"]) == n
+    # hard labels: an unsure classifier (near-uniform soft output, arg-max always class 0) scores 0
+    def unsure(t):
+        logits = torch.zeros(t.shape[0], k, dtype=torch.float64)
+        logits[:, 0] = 1e-3
+        return logits
+    r = M.class_coverage(x, unsure, classifier_name="unsure")
+    assert r["value"] == 0.0 and r["mean_confidence"] < 0.11
+    with pytest.raises(ValueError, match="2 classes"):
+        M.class_coverage(x, lambda t: torch.zeros(t.shape[0], 1))
+
+
 # ----------------------------------------------------------------------------- diversity
 
 

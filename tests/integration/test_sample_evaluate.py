@@ -96,3 +96,16 @@ def test_evaluate_rejects_unknown_metric(trained, tmp_path):
     r = subprocess.run(pcpo_cmd("evaluate", "--samples", str(trained["tmp"] / "unk"), "--out", str(tmp_path / "x.json"),
                                 "--metric", "nosuch"), capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "--metric" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_coverage_needs_a_classifier(trained, tmp_path):
+    sample(trained, "cov")
+    cfg = yaml.safe_load(trained["cfg"].read_text())
+    cfg["evaluation"] = {"reference": {"source": "tiny-heldout"}}
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(pcpo_cmd("evaluate", "--config", str(cfgfile), "--samples", str(trained["tmp"] / "cov"),
+                                "--out", str(tmp_path / "x.json"), "--metric", "coverage"),
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "evaluation.reference.classifier" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -183,8 +183,13 @@ def test_smoke_run_completes_with_report(smoke_run):
     rep = smoke_run["results"] / "report"
     for f in ["index.md", "final_reward.csv", "final_reward.md", "final_reward.tex", "epochs_to_target.csv",
               "matched_reward.csv", "reward_vs_epoch.png", "clipfrac_vs_epoch.png", "credit_weights.png",
-              "credit_audit.png", "collapse_fid.png"]:
+              "credit_audit.png", "collapse_fid.png", "collapse_coverage.png"]:
         assert (rep / f).is_file(), f
+    # class coverage (config/smoke.yaml asks for it) reaches the table of every evaluated checkpoint
+    import pandas as pd
+
+    allm = pd.read_csv(smoke_run["results"] / "tables" / "all_metrics.csv")
+    assert allm["coverage"].between(0, 1).all() and len(allm) > 0
     index = (rep / "index.md").read_text()
     assert "Epochs to target" in index and "matched reward" in index
     print(f"\nsmoke run (interrupted at {smoke_run['interrupted_s']:.0f} s, restarted): {smoke_run['total_s']:.0f} s total")
