@@ -7,7 +7,8 @@ aggregate step wrote and prints, per run: the training reward and the
 training-batch digit alignment (mean of the first 3 epochs -> mean of the last 3),
 and the held-out evaluation of the final checkpoint beside the base model's
 (reward, alignment, FID, KID, IS, diversity, class coverage); then the same per
-algorithm, averaged over seeds, with the count of seeds whose trained reward rose.
+algorithm, averaged over seeds, with the count of seeds whose trained reward rose;
+then every evaluated checkpoint per algorithm.
 """
 from __future__ import annotations
 
@@ -63,6 +64,15 @@ def summarise(results: Path) -> str:
         vals = " | ".join(f"{g[c].mean():.{digits[c]}f}" for c in cols)
         out.append(f"| {model} | {alg} | {len(g)} | {rose}/{len(g)} | {g.r0.mean():.3f} → {g.r1.mean():.3f} | "
                    f"{g.a0.mean():.2f} → {g.a1.mean():.2f} | {vals} |")
+    out += ["", "Per algorithm and evaluated checkpoint (mean over seeds; epoch -1 is the base model):", "",
+            "| model | algorithm | epoch | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
+    for (model, alg), g in ev.groupby(["model", "algorithm"]):
+        if alg == "base":
+            continue
+        base = ev[(ev.model == model) & (ev.algorithm == "base")].head(1)
+        for epoch, h in ([(-1, base)] if len(base) else []) + list(g.groupby("epoch")):
+            vals = " | ".join(f"{h[c].mean():.{digits[c]}f}" for c in cols)
+            out.append(f"| {model} | {alg} | {int(epoch)} | {vals} |")
     return "\n".join(out) + "\n"
 
 
