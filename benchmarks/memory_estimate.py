@@ -17,30 +17,40 @@ autograd saves for the backward pass of one denoiser forward:
   block): what is saved outside blocks + the inputs of every block + the largest
   single block's saved tensors (its recomputation during backward).
 
+The settings are read from ``config/paper/*.yaml`` through the trainer's own config
+loader, framework resolution and run settings (``load_config``, ``resolve_framework``,
+``RunSettings.build``), so the table follows the files: micro-batch, resolution, T5
+tokens, LoRA rank or a full fine-tune, CFG, EMA, a KL reference copy, the processes of
+``resources.train_gpus`` (DDP, or FSDP under ``train.sharding: fsdp``) and a rollout
+hook's copies of the weights.  One row per file and distinct setting: an algorithm and
+its ``pcpo-`` variant train the same tensors and share a row.
+
 The trainer backpropagates one (micro-batch, timestep) forward at a time
 (gradients accumulate over timesteps), so activations are those of one forward
-with the micro-batch -- doubled by classifier-free guidance for SD1.x / SD3
-(the unconditional half goes through the same graph), not for guidance-distilled
-FLUX.  LoRA parameters are float32 with float32 gradients and two AdamW moments
-(16 bytes each); the frozen weights, text encoders and VAE are in the model
-dtype; the reward model in its own dtype (float32 by default).  The CUDA
-context (~0.5-1 GiB), allocator fragmentation and the transient peaks of the
-rollout phase (VAE decode, reward forward; no autograd) come on top.
+with the micro-batch -- doubled by classifier-free guidance when the training
+guidance scale is not 1 (SD1.x / SD3; the unconditional half goes through the same
+graph), never for guidance-distilled FLUX.  Trainable weights are float32 (the
+trainer casts them) with float32 gradients and two AdamW moments (16 bytes each),
++4 for an EMA; the frozen weights, text encoders and VAE are in the model dtype; the
+reward model in its own dtype (float32 by default).  The CUDA context (~0.5-1 GiB),
+allocator fragmentation and the transient peaks of the rollout phase (VAE decode,
+reward forward; no autograd) come on top.
 
 ``--measure`` (needs a CUDA device): builds each denoiser at full size with random
-weights on the GPU and measures the peak of one LoRA training step
-(forward + backward + AdamW) with ``torch.cuda.max_memory_allocated`` -- the
-calibration of the estimate.
+weights on the GPU and measures the peak of one training step (forward + backward +
+AdamW; LoRA or full, as the config trains) with ``torch.cuda.max_memory_allocated`` --
+the calibration of the estimate.
 
-Calibration (``--measure`` on one H200, torch 2.11, bf16, random weights), activations of one
-training forward in GiB, estimate / measured (the measured peak includes transient buffers):
+Calibration (``--measure`` on one H200, torch 2.11, bf16, random weights, 2026-11-27, with the
+settings then assumed: LoRA everywhere, SD3.5-M micro-batch 8 with 256 T5 tokens), activations
+of one training forward in GiB, estimate / measured (the measured peak includes transient buffers):
 SD1.5 micro-batch 4 with CFG 7.7 / 7.9 (checkpointed 1.8 / 1.45); FLUX.1-dev 720px batch 1
 16.7 / 15.3 (1.2 / 1.07); SD3.5-M 512px micro-batch 8 with CFG 47.2 / 47.7 (3.9 / 2.2).  The
 checkpointed figure is an upper bound.  Measured peaks of the whole step (weights + LoRA + AdamW +
 activations, no text encoders / VAE / reward): 9.6 / 3.6 GiB (SD1.5), 38.0 / 24.2 GiB (FLUX),
 52.5 / 8.4 GiB (SD3.5-M), without / with checkpointing.
 
-Run:  python benchmarks/memory_estimate.py [--json] [--measure] [--configs ddpo-sd15-aesthetic ...]
+Run:  python benchmarks/memory_estimate.py [--json] [--measure] [--configs ddpo_sd15_aesthetic_bs256 ...]
 """
 from __future__ import annotations
 
@@ -127,23 +137,120 @@ class PaperConfig:
     resolution: int
     micro_batch: int
     cfg: bool  # two-pass classifier-free guidance in the training forward
-    lora_rank: int
+    lora_rank: int | None  # None: full fine-tune (every denoiser weight trained)
     dtype: str = "bfloat16"
     reward_dtype: str = "float32"
     text_tokens: int = 77  # T5 tokens for flux / sd3
+    ema: bool = False  # a float32 EMA copy of the trainable weights
+    kl_copy: bool = False  # a frozen copy of the denoiser as the KL reference (trainer: full fine-tune or kl_reference copy)
+    policy_copies: int = 0  # float32 copies of the trainable weights a rollout hook holds
+    processes: int = 1
+    sharded: bool = False  # train.sharding: fsdp over ``processes``
+    algorithms: tuple[str, ...] = ()
+    source: str = ""
     note: str = ""
 
+    @property
+    def ddp(self) -> bool:
+        """More than one process, unsharded: DDP's gradient buckets hold one more gradient's worth."""
+        return self.processes > 1 and not self.sharded
 
-PAPER_CONFIGS = [
-    PaperConfig("ddpo-sd15-aesthetic", "sd1", "aesthetic", 512, 4, True, 4,
-                note="DDPO: SD1.5, 50 DDIM steps, CFG 5, LoRA; micro-batch assumed 4"),
-    PaperConfig("dancegrpo-sd14-hps", "sd1", "hpsv21", 512, 4, True, 4,
-                note="DanceGRPO on SD1.4 (same UNet as SD1.5), HPSv2.1; LoRA rank assumed 4"),
-    PaperConfig("dancegrpo-flux-hps", "flux", "hpsv21", 720, 1, False, 64, text_tokens=512,
-                note="DanceGRPO on FLUX.1-dev at 720px, 16 steps, distilled guidance; LoRA rank assumed 64"),
-    PaperConfig("flowgrpo-sd35m-pickscore", "sd3", "pickscore", 512, 8, True, 32, text_tokens=256,
-                note="Flow-GRPO on SD3.5-M at 512px, CFG 4.5 in training, LoRA 32; micro-batch assumed 8"),
-]
+
+#: float32 copies of the trainable weights each rollout hook keeps while it runs
+#: (baselines/diffusion_nft.py NFTSamplingPolicy: ``old`` always, ``_live`` from before_rollout to after_rollout)
+HOOK_WEIGHT_COPIES = {"nft_sampling_policy": 2}
+
+#: the adapter class behind each model kind (its family, default guidance and option defaults)
+ADAPTERS = {"sd1": ("pcpo.models.sd", "StableDiffusionAdapter"), "flux": ("pcpo.models.flux", "FluxAdapter"),
+            "sd3": ("pcpo.models.sd3", "SD3Adapter")}
+
+PAPER_DIR = Path(__file__).resolve().parents[1] / "config" / "paper"
+
+
+def _settings_of(path: Path) -> list[PaperConfig]:
+    """The training process of every algorithm in one paper file, as ``pcpo train`` would set it up
+    (config -> framework -> run settings, the code paths of pcpo.trainer.Trainer.__init__)."""
+    import yaml
+
+    from pcpo.config import ConfigError, load_config
+    from pcpo.trainer import RunSettings, resolve_framework
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    cfg = load_config(path)
+    kind = cfg.model.kind
+    if kind not in ("sd1", "flux", "sd3"):
+        raise ConfigError(f"{path}: model.kind: the estimate knows sd1, flux and sd3, got {kind!r}")
+    import importlib
+
+    mod, name = ADAPTERS[kind]
+    cls = getattr(importlib.import_module(mod), name)
+    opts = cfg.model.options
+    if "resolution" not in opts:
+        raise ConfigError(f"{path}: model.options.resolution: set it (the estimate needs the training resolution)")
+    tokens = 77
+    if kind in ("flux", "sd3"):
+        import inspect
+
+        tokens = int(opts.get("max_sequence_length",
+                              inspect.signature(cls.__init__).parameters["max_sequence_length"].default))
+    world = max(1, int((raw.get("resources") or {}).get("train_gpus", 1) or 1))
+    algs: list[str] = []
+    for entry in raw.get("matrix") or []:
+        algs += [a for a in entry.get("algorithms", []) if a not in algs]
+    if not algs:
+        raise ConfigError(f"{path}: matrix: no algorithms listed")
+    rows = []
+    for alg in algs:
+        fw = resolve_framework(cfg, alg, cls.family)
+        st = RunSettings.build(cfg, fw, cls.family, float(opts.get("guidance_scale", cls.default_guidance_scale)))
+        lora = cfg.lora.enabled
+        distilled = kind == "flux" and bool(FLUX_DEV["guidance_embeds"])  # guidance is an input, one pass
+        rows.append(PaperConfig(
+            name=path.stem, model=kind, reward=cfg.reward.name, resolution=int(opts["resolution"]),
+            micro_batch=cfg.train.train_batch_size, cfg=(not distilled and st.guidance_scale != 1.0),
+            lora_rank=cfg.lora.rank if lora else None, dtype=cfg.model.dtype,
+            text_tokens=tokens, ema=st.ema_decay is not None,
+            kl_copy=st.kl_beta > 0 and (not lora or cfg.train.kl_reference == "copy"),
+            policy_copies=HOOK_WEIGHT_COPIES.get(fw.rollout_hook, 0) if fw.rollout_hook else 0,
+            processes=world, sharded=cfg.train.sharding == "fsdp" and world > 1, algorithms=(alg,),
+            source=str(path.relative_to(PAPER_DIR.parents[1])) if path.is_relative_to(PAPER_DIR.parents[1]) else str(path),
+        ))
+        if fw.rollout_hook and fw.rollout_hook not in HOOK_WEIGHT_COPIES:
+            rows[-1].note = f"rollout hook {fw.rollout_hook!r}: its state is not counted"
+    return rows
+
+
+def paper_configs(directory: Path = PAPER_DIR) -> list[PaperConfig]:
+    """One row per paper file and distinct memory setting; algorithms that train the same
+    tensors (an algorithm and its pcpo- variant) share a row."""
+    out: list[PaperConfig] = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        rows: list[PaperConfig] = []
+        for r in _settings_of(path):
+            key = {k: v for k, v in asdict(r).items() if k not in ("algorithms", "name")}
+            for q in rows:
+                if {k: v for k, v in asdict(q).items() if k not in ("algorithms", "name")} == key:
+                    q.algorithms += r.algorithms
+                    break
+            else:
+                rows.append(r)
+        if len(rows) > 1:
+            for r in rows:
+                r.name = f"{path.stem}:{'+'.join(r.algorithms)}"
+        for r in rows:
+            what = [", ".join(r.algorithms),
+                    f"{r.processes} process{'es' if r.processes > 1 else ''}"
+                    + (" FSDP" if r.sharded else " DDP" if r.ddp else ""),
+                    f"LoRA r{r.lora_rank}" if r.lora_rank else "full fine-tune",
+                    f"{r.resolution}px", f"micro-batch {r.micro_batch}" + (" x2 CFG" if r.cfg else "")]
+            if r.model != "sd1":
+                what.append(f"{r.text_tokens} T5 tokens")
+            what += [w for w, on in (("EMA", r.ema), ("KL reference copy", r.kl_copy)) if on]
+            if r.policy_copies:
+                what.append(f"{r.policy_copies} sampling-policy copies")
+            r.note = "; ".join(what) + (f"; {r.note}" if r.note else "") + f" ({r.source})"
+        out += rows
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -375,9 +482,10 @@ class Estimate:
     model: str
     denoiser_params_m: float
     denoiser_buffers_m: float
-    lora_params_m: float
-    weights_gib: float  # denoiser + text encoders + VAE in the model dtype
-    lora_train_gib: float  # LoRA params + grads + AdamW moments (float32)
+    trainable_params_m: float
+    weights_gib: float  # frozen weights in the model dtype: denoiser (LoRA runs only) + text encoders + VAE
+    train_gib: float  # trainable weights, grads, AdamW moments (float32) + EMA + DDP buckets + hook copies
+    ref_gib: float  # the KL reference copy of the denoiser
     reward_gib: float
     act_gib: float
     act_ckpt_gib: float
@@ -388,42 +496,60 @@ class Estimate:
     note: str
 
 
+def train_state_bytes(cfg: PaperConfig, n_trainable: int) -> int:
+    """Per process: the trainer casts trainable weights to float32 (4 B) and AdamW keeps a float32
+    gradient and two moments (12 B); FSDP shards all of that, and the EMA (over the optimizer's
+    parameters), over the processes.  DDP's gradient buckets (gradient_as_bucket_view off, torch's
+    default) and a rollout hook's copies are whole."""
+    shards = cfg.processes if cfg.sharded else 1
+    n = n_trainable * (16 + (4 if cfg.ema else 0)) // shards
+    return n + n_trainable * (4 * cfg.ddp + 4 * cfg.policy_copies)
+
+
 def estimate(cfg: PaperConfig) -> Estimate:
     with _quiet():
         den = build_denoiser(cfg.model).to(torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32)
         n_den = count(den)
         n_buf = buffer_count(den)
-        add_lora(den, cfg.model, cfg.lora_rank)
-        n_lora = count(den, trainable=True)
+        if cfg.lora_rank:
+            add_lora(den, cfg.model, cfg.lora_rank)
+        else:
+            den.requires_grad_(True)
+        n_train = count(den, trainable=True)
         parts = frozen_parts(cfg.model)
         n_reward = reward_params(cfg.reward)
         act = count_activations(den, cfg)
     wb = DTYPE_BYTES[cfg.dtype]
-    weights = (n_den + n_buf + parts["vae"] + parts["text"]) * wb
-    lora_train = n_lora * 16
+    frozen_den = n_den if cfg.lora_rank else 0  # a full fine-tune holds the denoiser only as float32 trainables
+    weights = (frozen_den + n_buf + parts["vae"] + parts["text"]) * wb
+    train = train_state_bytes(cfg, n_train)
+    # trainer: copy.deepcopy of the denoiser after the float32 cast and before any sharding -- whole
+    ref = ((frozen_den + n_buf) * wb + n_train * 4) if cfg.kl_copy else 0
     reward = n_reward * DTYPE_BYTES[cfg.reward_dtype]
-    fixed = weights + lora_train + reward
+    fixed = weights + train + ref + reward
     return Estimate(
-        cfg.name, cfg.model, n_den / 1e6, n_buf / 1e6, n_lora / 1e6, weights / GiB, lora_train / GiB, reward / GiB,
-        act.without_checkpointing / GiB, act.with_checkpointing / GiB,
+        cfg.name, cfg.model, n_den / 1e6, n_buf / 1e6, n_train / 1e6, weights / GiB, train / GiB, ref / GiB,
+        reward / GiB, act.without_checkpointing / GiB, act.with_checkpointing / GiB,
         (fixed + act.without_checkpointing) / GiB, (fixed + act.with_checkpointing) / GiB,
         cfg.micro_batch, cfg.micro_batch * (2 if cfg.cfg else 1), cfg.note,
     )
 
 
 def format_table(rows: list[Estimate]) -> str:
-    head = ["config", "denoiser M (+buffers)", "LoRA M", "weights", "LoRA+Adam", "reward", "act", "act(ckpt)",
-            "total", "total(ckpt)", "mb (fwd)"]
+    head = ["config", "denoiser M (+buffers)", "trained M", "weights", "train state", "KL ref", "reward", "act",
+            "act(ckpt)", "total", "total(ckpt)", "mb (fwd)"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lines.append(" | ".join([
-            r.config, f"{r.denoiser_params_m:,.0f}" + (f" (+{r.denoiser_buffers_m:,.0f})" if r.denoiser_buffers_m >= 1 else ""), f"{r.lora_params_m:.2f}", f"{r.weights_gib:.1f}",
-            f"{r.lora_train_gib:.2f}", f"{r.reward_gib:.1f}", f"{r.act_gib:.1f}", f"{r.act_ckpt_gib:.1f}",
+            r.config, f"{r.denoiser_params_m:,.0f}" + (f" (+{r.denoiser_buffers_m:,.0f})" if r.denoiser_buffers_m >= 1 else ""),
+            f"{r.trainable_params_m:,.2f}", f"{r.weights_gib:.1f}", f"{r.train_gib:.2f}", f"{r.ref_gib:.1f}",
+            f"{r.reward_gib:.1f}", f"{r.act_gib:.1f}", f"{r.act_ckpt_gib:.1f}",
             f"{r.total_gib:.1f}", f"{r.total_ckpt_gib:.1f}", f"{r.micro_batch} ({r.forward_batch})"]))
     lines.append("")
-    lines.append("GiB unless marked M (millions of parameters). weights: denoiser (+ its buffers) + text encoders + "
-                 "VAE in bf16; "
-                 "LoRA+Adam: fp32 LoRA params, grads and two AdamW moments; act: autograd-saved activations of one "
+    lines.append("GiB per training process unless marked M (millions of parameters). weights: frozen weights in the "
+                 "model dtype (the denoiser only under LoRA, + its buffers, text encoders, VAE); train state: float32 "
+                 "trainable weights, grads and two AdamW moments, + EMA, DDP gradient buckets and rollout-hook copies "
+                 "where the run has them; KL ref: the frozen reference copy; act: autograd-saved activations of one "
                  "training forward (mb = micro-batch; fwd = rows through the network, doubled by CFG); ckpt: with "
                  "per-block gradient checkpointing. CUDA context and rollout-phase peaks not included.")
     for r in rows:
@@ -436,14 +562,17 @@ def format_table(rows: list[Estimate]) -> str:
 # ---------------------------------------------------------------------------
 
 def measure(cfg: PaperConfig, checkpointing: bool) -> dict:
-    """Peak GPU memory of one LoRA training step of the full-size denoiser with random weights."""
+    """Peak GPU memory of one training step (LoRA or full, as the config) of the full-size denoiser with random weights."""
     dev = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     with _quiet():
         den = build_denoiser(cfg.model, device=dev).to(torch.bfloat16)
-        add_lora(den, cfg.model, cfg.lora_rank)
+        if cfg.lora_rank:
+            add_lora(den, cfg.model, cfg.lora_rank)
+        else:  # a full fine-tune: float32 trainable weights, as the trainer casts them
+            den.float().requires_grad_(True)
     if checkpointing:
         den.enable_gradient_checkpointing()
     den.train()
@@ -468,15 +597,19 @@ def measure(cfg: PaperConfig, checkpointing: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="*", help="subset of: " + ", ".join(c.name for c in PAPER_CONFIGS))
+    p.add_argument("--configs", nargs="*", help="subset of the names printed (a config/paper file's stem, or "
+                   "stem:algorithms where its algorithms differ in memory)")
+    p.add_argument("--paper-dir", type=Path, default=PAPER_DIR, help="folder of paper configs (default config/paper)")
     p.add_argument("--micro-batch", type=int, help="override every config's micro-batch")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--measure", action="store_true", help="also measure one training step on the CUDA device")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfgs = [c for c in PAPER_CONFIGS if not args.configs or c.name in args.configs]
-    if args.configs and len(cfgs) != len(args.configs):
-        p.error(f"--configs: unknown name among {args.configs}")
+    every = paper_configs(args.paper_dir)
+    unknown = sorted(set(args.configs or ()) - {c.name for c in every})
+    if unknown:
+        p.error(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(c.name for c in every)}")
+    cfgs = [c for c in every if not args.configs or c.name in args.configs]
     if args.micro_batch:
         cfgs = [PaperConfig(**{**asdict(c), "micro_batch": args.micro_batch}) for c in cfgs]
     rows = [estimate(c) for c in cfgs]
