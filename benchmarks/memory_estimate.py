@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import inspect
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -164,7 +166,8 @@ HOOK_WEIGHT_COPIES = {"nft_sampling_policy": 2}
 ADAPTERS = {"sd1": ("pcpo.models.sd", "StableDiffusionAdapter"), "flux": ("pcpo.models.flux", "FluxAdapter"),
             "sd3": ("pcpo.models.sd3", "SD3Adapter")}
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "config" / "paper"
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_DIR = ROOT / "config" / "paper"
 
 
 def _settings_of(path: Path) -> list[PaperConfig]:
@@ -172,7 +175,7 @@ def _settings_of(path: Path) -> list[PaperConfig]:
     (config -> framework -> run settings, the code paths of pcpo.trainer.Trainer.__init__)."""
     import yaml
 
-    from pcpo.config import ConfigError, load_config
+    from pcpo.config import ConfigError, load_config, train_processes
     from pcpo.trainer import RunSettings, resolve_framework
 
     raw = yaml.safe_load(path.read_text()) or {}
@@ -180,8 +183,6 @@ def _settings_of(path: Path) -> list[PaperConfig]:
     kind = cfg.model.kind
     if kind not in ("sd1", "flux", "sd3"):
         raise ConfigError(f"{path}: model.kind: the estimate knows sd1, flux and sd3, got {kind!r}")
-    import importlib
-
     mod, name = ADAPTERS[kind]
     cls = getattr(importlib.import_module(mod), name)
     opts = cfg.model.options
@@ -189,31 +190,30 @@ def _settings_of(path: Path) -> list[PaperConfig]:
         raise ConfigError(f"{path}: model.options.resolution: set it (the estimate needs the training resolution)")
     tokens = 77
     if kind in ("flux", "sd3"):
-        import inspect
-
         tokens = int(opts.get("max_sequence_length",
                               inspect.signature(cls.__init__).parameters["max_sequence_length"].default))
-    world = max(1, int((raw.get("resources") or {}).get("train_gpus", 1) or 1))
+    world = train_processes(raw)
     algs: list[str] = []
     for entry in raw.get("matrix") or []:
         algs += [a for a in entry.get("algorithms", []) if a not in algs]
     if not algs:
         raise ConfigError(f"{path}: matrix: no algorithms listed")
+    distilled = kind == "flux" and bool(FLUX_DEV["guidance_embeds"])  # guidance is an input, one pass
+    source = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     rows = []
     for alg in algs:
         fw = resolve_framework(cfg, alg, cls.family)
         st = RunSettings.build(cfg, fw, cls.family, float(opts.get("guidance_scale", cls.default_guidance_scale)))
         lora = cfg.lora.enabled
-        distilled = kind == "flux" and bool(FLUX_DEV["guidance_embeds"])  # guidance is an input, one pass
         rows.append(PaperConfig(
             name=path.stem, model=kind, reward=cfg.reward.name, resolution=int(opts["resolution"]),
             micro_batch=cfg.train.train_batch_size, cfg=(not distilled and st.guidance_scale != 1.0),
             lora_rank=cfg.lora.rank if lora else None, dtype=cfg.model.dtype,
             text_tokens=tokens, ema=st.ema_decay is not None,
             kl_copy=st.kl_beta > 0 and (not lora or cfg.train.kl_reference == "copy"),
-            policy_copies=HOOK_WEIGHT_COPIES.get(fw.rollout_hook, 0) if fw.rollout_hook else 0,
+            policy_copies=HOOK_WEIGHT_COPIES.get(fw.rollout_hook, 0),
             processes=world, sharded=cfg.train.sharding == "fsdp" and world > 1, algorithms=(alg,),
-            source=str(path.relative_to(PAPER_DIR.parents[1])) if path.is_relative_to(PAPER_DIR.parents[1]) else str(path),
+            source=source,
         ))
         if fw.rollout_hook and fw.rollout_hook not in HOOK_WEIGHT_COPIES:
             rows[-1].note = f"rollout hook {fw.rollout_hook!r}: its state is not counted"
@@ -225,15 +225,14 @@ def paper_configs(directory: Path = PAPER_DIR) -> list[PaperConfig]:
     tensors (an algorithm and its pcpo- variant) share a row."""
     out: list[PaperConfig] = []
     for path in sorted(Path(directory).glob("*.yaml")):
-        rows: list[PaperConfig] = []
+        merged: dict[tuple, PaperConfig] = {}
         for r in _settings_of(path):
-            key = {k: v for k, v in asdict(r).items() if k not in ("algorithms", "name")}
-            for q in rows:
-                if {k: v for k, v in asdict(q).items() if k not in ("algorithms", "name")} == key:
-                    q.algorithms += r.algorithms
-                    break
+            key = tuple((k, v) for k, v in asdict(r).items() if k not in ("algorithms", "name"))
+            if key in merged:
+                merged[key].algorithms += r.algorithms
             else:
-                rows.append(r)
+                merged[key] = r
+        rows = list(merged.values())
         if len(rows) > 1:
             for r in rows:
                 r.name = f"{path.stem}:{'+'.join(r.algorithms)}"

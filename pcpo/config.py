@@ -246,6 +246,11 @@ def deep_merge(a: dict, b: dict) -> dict:
 SHARDING_MODES = ("none", "fsdp")
 
 
+def train_processes(raw: dict) -> int:
+    """The training processes an experiment file asks for (``resources.train_gpus``; 1 when unset)."""
+    return max(1, int((raw.get("resources") or {}).get("train_gpus", 1) or 1))
+
+
 def recomputes_old_logprobs(mode: str, dtype: str, device_type: str) -> bool:
     """``train.old_logprobs``: whether the old log-probs are recomputed with the training forward;
     ``auto`` does so unless the model is float32 on a CPU."""

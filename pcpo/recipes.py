@@ -110,7 +110,7 @@ def config_value(path: str | Path, key: str) -> Any:
     """A setting of an experiment file as the trainer or workflow sees it: the file's
     value, else the trainer's default; ``DERIVED_KEYS`` come from the batch arithmetic
     on ``resources.train_gpus`` processes."""
-    from pcpo.config import TrainingConfig, batch_arithmetic, from_dict
+    from pcpo.config import TrainingConfig, batch_arithmetic, from_dict, train_processes
 
     p = Path(path)
     if not p.is_absolute():
@@ -118,8 +118,7 @@ def config_value(path: str | Path, key: str) -> Any:
     raw = yaml.safe_load(p.read_text()) or {}
     if key in DERIVED_KEYS:
         cfg = from_dict(TrainingConfig, raw)
-        world = max(1, int((raw.get("resources") or {}).get("train_gpus", 1) or 1))
-        return batch_arithmetic(cfg, world, cfg.sampling.steps, 1)[key]
+        return batch_arithmetic(cfg, train_processes(raw), cfg.sampling.steps, 1)[key]
     found = _dotted(raw, key)
     if found is not _MISSING:
         return found
