@@ -1,6 +1,14 @@
 # Checks of the config before any job is planned: each failure is one line (config_error).
 # The trainer sections and the matrix are checked by the library's own validators, the ones
 # `pcpo train` runs, so the workflow and the CLI cannot disagree on what is valid.
+import sys
+from pathlib import Path
+
+
+def config_error(msg):
+    """Stop before any work with one line naming the field and the fix (no traceback)."""
+    print(f"config: {msg}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def check_schema(schema):
