@@ -97,6 +97,8 @@ def test_a_real_run_gives_jobs_the_effective_config(tmp_path):
     ("model", lambda c: c["matrix"][0].update(model="sd9"), "config: matrix[0].model: 'sd9' is not in base_models"),
     ("base_override", lambda c: c["base_models"]["eps"].update(overrides={"train": {"group_size": "x"}}),
      "config: train.group_size: expected an integer, got 'x'"),
+    ("algorithm_override", lambda c: c.update(algorithms={"ddpo": {"clip_rang": 0.1}}),
+     "config: algorithms.ddpo.clip_rang: unknown framework field"),
     ("old_resources", lambda c: c.update(resources={"train_gpus": 8}),
      "config: resources: train_gpus is no longer read; write one block per job kind instead "
      "(train_gpus -> resources.train.gpus)"),

@@ -43,8 +43,9 @@ def _is_main_process():
 
 def check_matrix():
     """Every run of the matrix as `pcpo train` would load it: its base model exists, its algorithm
-    is known (registry, with baselines/ discovered), and the trainer sections with the run's
-    --set flags pass pcpo.config's loading and validation."""
+    is known (registry, with baselines/ discovered), the trainer sections with the run's --set
+    flags pass pcpo.config's loading and validation, and `algorithms:` overrides name fields
+    of the framework (pcpo.trainer.resolve_framework)."""
     if not _is_main_process():
         return
     from pcpo.algorithms import get_algorithm
@@ -72,6 +73,12 @@ def check_matrix():
             seen.add((block["model"], reward))
             sets = train_set_flags(block["model"], reward)[1::2]
             try:
-                validate_training(from_dict(TrainingConfig, deep_merge(raw, parse_sets(sets))))
+                cfg = from_dict(TrainingConfig, deep_merge(raw, parse_sets(sets)))
+                validate_training(cfg)
+                if cfg.algorithms:  # per-algorithm overrides: the trainer's merge (it imports the models)
+                    from pcpo.trainer import resolve_framework
+
+                    for alg in block["algorithms"]:
+                        resolve_framework(cfg, alg)
             except ConfigError as e:
                 config_error(f"{e} (matrix[{i}]: model {block['model']}, reward {reward})")
