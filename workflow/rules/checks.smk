@@ -48,16 +48,17 @@ def check_matrix():
     of the framework (pcpo.trainer.resolve_framework)."""
     if not _is_main_process():
         return
-    from pcpo.algorithms import get_algorithm
-    from pcpo.config import ConfigError, TrainingConfig, deep_merge, from_dict
-    from pcpo.config import validate as validate_training
-    from pcpo.train_cli import parse_sets
-
     known = sorted(config["base_models"])
     for i, block in enumerate(config["matrix"]):
         if block["model"] not in config["base_models"]:
             config_error(f"matrix[{i}].model: {block['model']!r} is not in base_models (they are {', '.join(known)}); "
                          "add it under base_models or fix the name")
+    from pcpo.algorithms import get_algorithm
+    from pcpo.config import ConfigError, TrainingConfig, deep_merge, from_dict
+    from pcpo.config import validate as validate_training
+    from pcpo.train_cli import parse_sets
+
+    for i, block in enumerate(config["matrix"]):
         for alg in block["algorithms"]:
             try:
                 get_algorithm(alg, f"matrix[{i}].algorithms")
