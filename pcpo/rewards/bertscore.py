@@ -224,8 +224,9 @@ def llava_bertscore(llava: str | None = None, processor: str | None = None, bert
     dt = (torch.float16 if dev.type == "cuda" else torch.float32) if dtype in (None, "auto") else _dtype(dtype)
     llava_name = str(llava or os.environ.get(ENV["llava"]) or LLAVA_MODEL)
     proc_name = str(processor or llava_name)
+    on_gpu = {"device_map": str(dev)} if dev.type == "cuda" else {}  # stream the shards to the GPU, not host RAM
     model = _from_pretrained(LlavaForConditionalGeneration, llava_name, "LLaVA model", "llava", ENV["llava"],
-                             offline, dtype=dt)
+                             offline, dtype=dt, **on_gpu)
     model = model.to(dev).eval().requires_grad_(False)
     proc = _from_pretrained(AutoProcessor, proc_name, "LLaVA processor", "processor", ENV["llava"], offline)
     proc.tokenizer.padding_side = "left"  # rows are the same text, so no padding is ever needed
