@@ -144,9 +144,9 @@ def _unavailable(what: str, name: str, option: str, env: str, offline: bool, err
     if _is_path(name):
         how = f"{name!r} is not a loadable folder; write the model there or pass another as reward.options.{option}"
     else:
-        where = "not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else "could not be fetched"
-        how = (f"{name!r} is {where}: run `hf download {name}`, or pass a local folder as reward.options.{option} "
-               f"or {env}")
+        where = "is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else "could not be fetched"
+        how = (f"{name!r} {where}: run `hf download {name}`, or pass a local folder as reward.options.{option} "
+               f"or set {env}")
     return RewardWeightsError(f"reward llava_bertscore: the {what} {how} [{detail}]")
 
 

@@ -290,8 +290,10 @@ def test_ddpo_template_for_a_processor_without_chat_template(tmp_path, tiny_debe
 
 # ---------------------------------------------------------------------------------------------- missing models
 def test_offline_missing_models_fail_in_one_line(monkeypatch, tmp_path, tiny_llava, tiny_deberta):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
     from pcpo.rewards.learned import RewardWeightsError
 
     with pytest.raises(RewardWeightsError) as e:
