@@ -90,6 +90,48 @@ def _config_refs(samples: int) -> dict:
     return refs
 
 
+def _bertscore_refs() -> dict:
+    """The DDPO prompt-image alignment run (dgx.py prompt_image_alignment(), on compressibility())."""
+    pia = f"{REPO} config/dgx.py, prompt_image_alignment()"
+    comp = f"{REPO} config/dgx.py, compressibility()"
+    return {
+        "model.path": Ref("CompVis/stable-diffusion-v1-4", comp + " (which prompt_image_alignment() starts from): "
+                          "`config.pretrained.model = 'CompVis/stable-diffusion-v1-4'`",
+                          note="SD1.5, as the PCPO paper runs DDPO (base.py's default model)", deliberate=True),
+        "model.dtype": Ref("float16", BASE + ": `config.mixed_precision = 'fp16'`",
+                           note="bf16 here; #12 recomputes the old log-probs in the training layout", deliberate=True),
+        "model.options.resolution": Ref(512, "SD1.x's native 512 px (the pipeline's default height and width)"),
+        "reward.name": Ref("llava_bertscore", pia + ": `config.reward_fn = 'llava_bertscore'` (ddpo_pytorch/rewards.py; "
+                           "each reward setting is cited in pcpo/rewards/bertscore.py)"),
+        "sampling.steps": Ref(50, BASE + ": `sample.num_steps = 50`"),
+        "sampling.eta": Ref(1.0, BASE + ": `sample.eta = 1.0`"),
+        "sampling.guidance_scale": Ref(5.0, BASE + ": `sample.guidance_scale = 5.0`"),
+        "sampling.batch_size": Ref(8, pia + ": `config.sample.batch_size = 8`"),
+        "prompts.options.path": Ref(
+            "config/paper/prompts/ddpo_nouns_activities.txt",
+            pia + ": `config.prompt_fn = 'nouns_activities'` with simple_animals.txt x activities.txt "
+            "(ddpo_pytorch/prompts.py nouns_activities(); the file lists all 135 pairs)"),
+        "resources.train_gpus": Ref(6, pia + ": 'I reserved 2 GPUs for LLaVA inference so only 6 could be used for DDPO'",
+                                    note="here the 6 training processes also run the reward"),
+        "train.train_batch_size": Ref(4, pia + ": `config.train.batch_size = 4`"),
+        "train.gradient_accumulation": Ref(6, pia + ": `config.train.gradient_accumulation_steps = 6`"),
+        "samples_per_epoch": Ref(288, pia + ": 'the total number of samples per epoch is 8 * 6 * 6 = 288'"),
+        "optimizer_steps_per_epoch": Ref(2, pia + ": '(8 * 6) / (4 * 6) = 2 gradient updates per epoch'"),
+        "samples_per_optimizer_step": Ref(144, "4 per GPU x 6 accumulated x 6 GPUs"),
+        "train.epochs": Ref(200, pia + ": `config.num_epochs = 200`"),
+        "train.lr": Ref(3e-4, BASE + ": `train.learning_rate = 3e-4`"),
+        "train.adam_betas": Ref([0.9, 0.999], BASE + ": `train.adam_beta1 = 0.9`, `train.adam_beta2 = 0.999`"),
+        "train.weight_decay": Ref(1e-4, BASE + ": `train.adam_weight_decay = 1e-4`"),
+        "train.adam_eps": Ref(1e-8, BASE + ": `train.adam_epsilon = 1e-8`"),
+        "train.max_grad_norm": Ref(1.0, BASE + ": `train.max_grad_norm = 1.0`"),
+        "train.inner_epochs": Ref(1, BASE + ": `train.num_inner_epochs = 1`"),
+        "lora.enabled": Ref(True, comp + ": `config.use_lora = True`"),
+        "lora.rank": Ref(4, TRAIN + ": `LoRAAttnProcessor(hidden_size=..., cross_attention_dim=...)` (diffusers' "
+                         "default rank 4)"),
+        "lora.alpha": Ref(4, "LoRAAttnProcessor has no alpha: scale 1, i.e. alpha = rank"),
+    }
+
+
 register_framework(Framework(
     name="ddpo",
     description="DDPO: DDIM-SDE, i.i.d. prompts, per-prompt running advantages, PPO-clip on every step",
@@ -111,5 +153,6 @@ register_framework(Framework(
     config_references={
         "config/paper/ddpo_sd15_aesthetic_bs256.yaml": _config_refs(256),
         "config/paper/ddpo_sd15_aesthetic_bs512.yaml": _config_refs(512),
+        "config/paper/ddpo_sd15_bertscore.yaml": _bertscore_refs(),
     },
 ))

@@ -18,7 +18,7 @@ from pcpo.registry import Registry
 
 REWARDS: Registry = Registry("reward")
 
-_BUILTIN_MODULES = ["pcpo.rewards.simple", "pcpo.rewards.tiny", "pcpo.rewards.learned"]
+_BUILTIN_MODULES = ["pcpo.rewards.simple", "pcpo.rewards.tiny", "pcpo.rewards.learned", "pcpo.rewards.bertscore"]
 
 
 def register_reward(name: str):

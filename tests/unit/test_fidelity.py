@@ -343,6 +343,7 @@ def test_paper_config_headline_numbers():
     table = {
         "config/paper/ddpo_sd15_aesthetic_bs256.yaml": (256, 2),
         "config/paper/ddpo_sd15_aesthetic_bs512.yaml": (512, 2),
+        "config/paper/ddpo_sd15_bertscore.yaml": (288, 2),
         "config/paper/dancegrpo_sd14_hpsv21.yaml": (512, 2),
         "config/paper/dancegrpo_flux_hpsv21.yaml": (192, 2),
         "config/paper/flowgrpo_sd35m_pickscore.yaml": (1152, 2),
