@@ -111,7 +111,7 @@ def _bertscore_refs() -> dict:
             "config/paper/prompts/ddpo_nouns_activities.txt",
             pia + ": `config.prompt_fn = 'nouns_activities'` with simple_animals.txt x activities.txt "
             "(ddpo_pytorch/prompts.py nouns_activities(); the file lists all 135 pairs)"),
-        "resources.train_gpus": Ref(6, pia + ": 'I reserved 2 GPUs for LLaVA inference so only 6 could be used for DDPO'",
+        "resources.train.gpus": Ref(6, pia + ": 'I reserved 2 GPUs for LLaVA inference so only 6 could be used for DDPO'",
                                     note="here the 6 training processes also run the reward"),
         "train.train_batch_size": Ref(4, pia + ": `config.train.batch_size = 4`"),
         "train.gradient_accumulation": Ref(6, pia + ": `config.train.gradient_accumulation_steps = 6`"),

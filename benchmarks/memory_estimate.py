@@ -328,6 +328,10 @@ def reward_params(reward: str) -> int:
 
     if reward == "imagereward":
         return IMAGEREWARD_PARAMS
+    if reward == "llava_bertscore":
+        # LLaVA-1.5-13B (the reward's default captioner) plus DeBERTa-xlarge-MNLI (BERTScore), approximate
+        # public sizes: both sit in every training process (see config/paper/ddpo_sd15_bertscore.yaml)
+        return 13_350_000_000 + 750_000_000
     cfg = CLIP_VIT_L14 if reward in ("aesthetic", "clipscore") else CLIP_VIT_H14
     n = count(_meta(lambda: CLIPModel(CLIPConfig(**cfg))))
     if reward == "aesthetic":
