@@ -272,6 +272,8 @@ def _pcpo_values() -> dict:
     v["ddim.weights"] = "constant w_bar = mean native weight" if const and \
         abs(float(plan.train_weight[0]) - float(plan.native.mean())) < 1e-15 else "other"
     v["ddim.w_bar"] = float(plan.native.mean())
+    half_native = plan_credit(spec, "ddim", 50, eta=0.5).native
+    v["ddim.w_bar_eta"] = f"mean native weight of the run's grid ({float(half_native.mean()):.4f} at eta 0.5)"
     v["ddim.w_star"] = resolve_w_star(pc.w_star, plan.native_grid.alpha_prod, plan.native_grid.alpha_prod_next)
     v["ddim.sigma_root"] = "larger" if pc.sigma_root == "paper" else "smaller"
     half = plan_credit(spec, "ddim", 50, eta=0.5, proportional=True, w_star=pc.w_star, sigma_root=pc.sigma_root)
@@ -331,9 +333,14 @@ PCPO_REFERENCES = {
                         "`torch.full(..., args.const_weight)`, divided by `args.weight_scale_factor` in :1097-1098"),
     "ddim.w_bar": Ref(4.5 / 8.70575076181, _YAML + ":26,30: `const_weight: 4.5`, `weight_scale_factor: "
                       "8.70575076181` (w_bar = 4.5 / 8.70575... = 0.51689970493)",
-                      note="ours is the mean of the native weights computed in float64 from the schedule "
-                      "(0.5169002); the authors' constant matches the same mean over diffusers' float32 "
-                      "alphas_cumprod (0.5168997), a relative difference of 9e-7", deliberate=True),
+                      note="ours is the mean native weight of the run's own grid, computed in float64: 0.5169002 "
+                      "from the float64 SD1.5 schedule shown here, 0.51689967 from the float32 alphas_cumprod a run "
+                      "loads from the hub scheduler; the authors' 0.51689970 is the same mean to 1e-6 relative",
+                      deliberate=True),
+    "ddim.w_bar_eta": Ref("4.5 / 8.70575076181 at every eta", _YAML + ":26,30 constants; " + _GRPO + ":1039-1044, "
+                          "1097-1098 use them whatever `sample_eta` is",
+                          note="ours follows the run's eta (the mean native weight of its grid), so the total credit "
+                          "stays the native total at any eta; at eta 1 the two agree (row above)", deliberate=True),
     "ddim.w_star": Ref(4.5, _YAML + ":26: `const_weight: 4.5 # ... 4.5 (uw-sigma)`; `pcpo.w_star: auto` gives 4.5 "
                        "on SD1.5 at 50 steps"),
     "ddim.sigma_root": Ref("larger", _DDIM + ":48: `sigma = (weight * c1_t_squared ** 0.5 + (beta_prod_t_prev * "
@@ -398,7 +405,7 @@ PCPO_REFERENCES = {
 PCPO_SETTINGS = {
     "objective": "objective", "objective_form": "log-ratio form", "clip_range": "xi (clip range)",
     "reduction": "reduction over the latent", "adv_clip": "advantage clip",
-    "ddim.weights": "DDIM: trained weights", "ddim.w_bar": "DDIM: w_bar", "ddim.w_star": "DDIM: w*",
+    "ddim.weights": "DDIM: trained weights", "ddim.w_bar": "DDIM: w_bar", "ddim.w_bar_eta": "DDIM: w_bar at eta != 1", "ddim.w_star": "DDIM: w*",
     "ddim.sigma_root": "DDIM: sigma~ root", "ddim.eta_scaling": "DDIM: eta scaling of sigma~",
     "ddim.final_alpha": "DDIM: last step's alpha_prev", "ddim.trained_steps": "DDIM: trained steps (pcpo-dancegrpo)",
     "flow.trained_steps": "flow: trained steps (pcpo-flow_grpo)", "flow.zeta": "flow: zeta, Flow-GRPO on SD3.5-M",
