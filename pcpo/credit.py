@@ -272,7 +272,8 @@ def plan_for_run(cfg, fw, settings, spec: ScheduleSpec, model_kind: str):
     plan = plan_credit(spec, settings.sampler, T, eta=settings.eta, noise_level=settings.noise_level,
                        proportional=fw.proportional, w_star=cfg.pcpo.w_star, sigma_root=cfg.pcpo.sigma_root,
                        zeta=cfg.pcpo.zeta, trained=pool, authors_zeta=AUTHORS_ZETA.get((base, model_kind)),
-                       variant=cfg.pcpo.variant if fw.proportional else "uw-sigma")
+                       variant=cfg.pcpo.variant if fw.proportional else
+                       (cfg.pcpo.variant if fw.name.startswith("pcpo-") and cfg.pcpo.variant == "logrho" else "uw-sigma"))
     if plan.zeta is None and fw.proportional and settings.sampler != "ddim":
         raise AssertionError("flow PCPO plan without zeta")
     return fw, plan
@@ -282,7 +283,7 @@ def plan_summary(plan: CreditPlan) -> str:
     """One line: what the run trains with (printed by pcpo credit and logged by pcpo train)."""
     g = plan.sample_grid
     parts = [f"{g.sampler}, {g.num_steps} steps", "proportional" if plan.proportional else "native",
-             f"variant {plan.variant}" if plan.proportional else ""]
+             f"variant {plan.variant}" if plan.proportional or plan.variant != "uw-sigma" else ""]
     if plan.zeta is not None:
         parts.append(f"zeta {plan.zeta:.10g} [{plan.zeta_source}]")
     if plan.proportional and g.sampler == "ddim":
