@@ -12,6 +12,11 @@ PCPO is a transform, not one more copy: for every registered framework ``X``
 * ``pcpo-X``: log-hinge objective in matching form + proportional credit
   (reshaped sigma~ for DDIM, zeta*ds for flow); everything else as ``X``;
 * ``pcpo-base-X``: the log-hinge objective alone (native credit), for ablation.
+
+``pcpo.variant`` in a config picks the authors' own ablations of ``pcpo-X``
+(``uw-lambda``, ``logrho``; see :func:`pcpo.credit.apply_variant`), and
+``pcpo algorithms --show pcpo`` checks the transform against their code's lineage
+(:mod:`pcpo.recipes`, jaylee2000/rsm).
 """
 from __future__ import annotations
 

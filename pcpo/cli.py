@@ -30,35 +30,112 @@ class UserError(Exception):
 # pcpo credit
 # ---------------------------------------------------------------------------
 
+#: the hub model each kind stands for when `pcpo credit --model-kind` names no --model-path
+CREDIT_DEFAULT_PATHS = {"sd1": "runwayml/stable-diffusion-v1-5", "sd3": "stabilityai/stable-diffusion-3.5-medium",
+                        "flux": "black-forest-labs/FLUX.1-dev"}
+
+
+def run_credit_plan(cfg, algorithm: str):
+    """``(framework, plan, scheduler source)`` of ``algorithm`` under ``cfg`` through the trainer's own
+    path (:func:`pcpo.credit.plan_for_run`), with the schedule from the scheduler config alone."""
+    from pcpo.credit import config_schedule, plan_for_run
+    from pcpo.trainer import RunSettings, resolve_framework
+
+    spec, src = config_schedule(cfg)
+    fw = resolve_framework(cfg, algorithm, spec.family)
+    st = RunSettings.build(cfg, fw, spec.family, 1.0)
+    fw, plan = plan_for_run(cfg, fw, st, spec, cfg.model.kind)
+    return fw, plan, src
+
+
+def _credit_config(args):
+    """The config `pcpo credit` plans for: --config (+ --set), or one built from --model-kind."""
+    from pcpo.config import load_config
+    from pcpo.train_cli import parse_sets
+
+    sets = parse_sets(args.set or [])
+    if args.config:
+        return load_config(args.config, sets), args.config
+    kind = args.model_kind
+    path = args.model_path or CREDIT_DEFAULT_PATHS.get(kind)
+    if path is None:
+        raise UserError(f"--model-path: model kind {kind!r} has no default model; name its folder")
+    opts = {}
+    if args.time_grid:
+        if kind != "sd3":
+            raise UserError(f"--time-grid: only sd3 models have a choice of time grid, not {kind!r}")
+        opts["time_grid"] = args.time_grid
+    if args.shift is not None:
+        opts["shift"] = args.shift
+    raw = {"model": {"kind": kind, "path": path, "options": opts},
+           "sampling": {"steps": args.steps, "eta": args.eta, "noise_level": args.noise_level}}
+    from pcpo.config import deep_merge
+
+    return load_config(None, deep_merge(raw, sets)), f"--model-kind {kind}"
+
+
+def _default_algorithm(args) -> str:
+    if args.algorithm:
+        return args.algorithm
+    if args.config:
+        import yaml
+
+        raw = yaml.safe_load(open(args.config)) or {}
+        for m in raw.get("matrix") or []:
+            for a in m.get("algorithms", []):
+                if str(a).startswith("pcpo-"):
+                    return a
+    raise UserError("--algorithm: name the algorithm to plan for (e.g. pcpo-flow_grpo); the config's matrix "
+                    "has no pcpo- algorithm")
+
+
 def _credit(args) -> int:
     import torch
 
-    from pcpo.credit import credit_table, plan_credit, sd15_schedule
+    from pcpo.credit import credit_table, plan_credit, plan_summary, sd15_schedule
     from pcpo.models.base import ScheduleSpec
 
-    if args.sampler == "ddim":
-        if args.scheduler != "sd15":
-            raise UserError(f"--scheduler: only 'sd15' is built in for the ddim sampler, got {args.scheduler!r}")
-        spec = sd15_schedule()
-        plan = plan_credit(spec, "ddim", args.steps, eta=args.eta, proportional=True,
-                           w_star=args.w_star if args.w_star == "auto" else float(args.w_star),
-                           sigma_root=args.sigma_root)
+    header = []
+    if args.config or args.model_kind:
+        if args.sampler:
+            raise UserError("--sampler: give either --config / --model-kind (what a run trains with) or --sampler")
+        if args.model_kind and args.steps is None:
+            raise UserError("--steps: --model-kind needs the number of sampler steps")
+        cfg, what = _credit_config(args)
+        algorithm = _default_algorithm(args)
+        fw, plan, src = run_credit_plan(cfg, algorithm)
+        header = [f"# {algorithm} from {what}; scheduler config: {src}", f"# credit: {plan_summary(plan)}"]
     else:
-        spec = ScheduleSpec(family="flow", shift=args.shift)
-        plan = plan_credit(spec, args.sampler, args.steps, noise_level=args.noise_level, proportional=True)
+        if not args.sampler or args.steps is None:
+            raise UserError("--config, --model-kind or --sampler with --steps: say what to plan for")
+        if args.sampler == "ddim":
+            if args.scheduler != "sd15":
+                raise UserError(f"--scheduler: only 'sd15' is built in for the ddim sampler, got {args.scheduler!r}")
+            spec = sd15_schedule()
+            plan = plan_credit(spec, "ddim", args.steps, eta=1.0 if args.eta is None else args.eta, proportional=True,
+                               w_star=args.w_star if args.w_star == "auto" else float(args.w_star),
+                               sigma_root=args.sigma_root)
+        else:
+            spec = ScheduleSpec(family="flow", shift=1.0 if args.shift is None else args.shift)
+            plan = plan_credit(spec, args.sampler, args.steps, proportional=True,
+                               noise_level=0.7 if args.noise_level is None else args.noise_level)
+        header = [f"# uniform grid (not a model's pipeline grid): use --config or --model-kind for what a run "
+                  f"trains with; credit: {plan_summary(plan)}"]
     table = credit_table(plan)
     if args.plot:
         plot_credit(table, args.plot)
     if args.json:
         print(json.dumps(table))
         return 0
+    for line in header:
+        print(line)
     head = f"{'step':>4} {'timestep':>9} {'sigma':>9} {'sigma~':>9} {'native w':>9} {'pcpo w':>9} {'ratio':>7}"
     print(f"# {table['sampler']}, {table['steps']} steps; native sum {table['native_sum']:.4f} "
           f"(mean {table['native_mean']:.4f}), pcpo sum {table['pcpo_sum']:.4f}")
     print(head)
     for i in range(table["steps"]):
         t = table["timesteps"][i]
-        ts = f"{int(t):>9d}" if args.sampler == "ddim" else f"{t:>9.4f}"
+        ts = f"{int(t):>9d}" if table["sampler"] == "ddim" else f"{t:>9.4f}"
         print(f"{i:>4d} {ts} {table['sigma_native'][i]:>9.4f} {table['sigma_sampling'][i]:>9.4f} "
               f"{table['native'][i]:>9.4f} {table['pcpo'][i]:>9.4f} {table['ratio'][i]:>7.3f}")
     del torch
@@ -90,14 +167,22 @@ def plot_credit(table: dict, path: str) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("credit", help="per-step credit weights of a sampler: native vs PCPO")
-    p.add_argument("--sampler", required=True, choices=["ddim", "flow-dance", "flow-grpo"])
+    p = sub.add_parser("credit", help="per-step credit weights: what a run trains with (--config / --model-kind), "
+                                      "or native vs PCPO on a uniform grid (--sampler)")
+    p.add_argument("--config", help="an experiment file: print the credit `pcpo train --config FILE` uses")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (as pcpo train)")
+    p.add_argument("--algorithm", help="with --config/--model-kind: the algorithm (default: the config's first pcpo-X)")
+    p.add_argument("--model-kind", help="plan for a model kind (sd1, sd3, flux) from its scheduler config alone")
+    p.add_argument("--model-path", help="with --model-kind: the model (default: the kind's reference hub model)")
+    p.add_argument("--time-grid", choices=["pipeline", "uniform"], help="with --model-kind sd3: the time grid")
+    p.add_argument("--sampler", choices=["ddim", "flow-dance", "flow-grpo"],
+                   help="without a model: a uniform grid of this sampler")
     p.add_argument("--scheduler", default="sd15", help="ddim only: the noise schedule ('sd15')")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--eta", type=float, default=1.0, help="ddim: DDIM eta")
-    p.add_argument("--noise-level", type=float, default=0.7, help="flow: eta (DanceGRPO) or a (Flow-GRPO)")
-    p.add_argument("--shift", type=float, default=1.0, help="flow: time-grid shift k")
-    p.add_argument("--w-star", default="4.5", help="ddim PCPO: the reshaped sampler's constant w* (a number or auto)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--eta", type=float, default=None, help="ddim: DDIM eta (default: the framework's, or 1)")
+    p.add_argument("--noise-level", type=float, default=None, help="flow: eta (DanceGRPO) or a (Flow-GRPO)")
+    p.add_argument("--shift", type=float, default=None, help="flow: time-grid shift k")
+    p.add_argument("--w-star", default="4.5", help="--sampler ddim: the reshaped sampler's constant w* (a number or auto)")
     p.add_argument("--sigma-root", default="paper", choices=["paper", "exact"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw native vs PCPO weights per step")

@@ -10,7 +10,7 @@ rejects anything it does not know inside them, naming the field:
     sampling:  {steps, guidance_scale, eta, noise_level, batch_size}
     train:     {epochs, prompts_per_epoch, group_size, train_batch_size, ...}
     lora:      {enabled, rank, alpha}
-    pcpo:      {w_star, sigma_root}
+    pcpo:      {w_star, sigma_root, zeta, variant}
 
 An ``algorithms:`` mapping may override framework fields per algorithm name,
 e.g. ``algorithms: {dancegrpo: {timestep_fraction: 0.5}}``.
@@ -85,6 +85,20 @@ class EmaConfig:
 class PcpoConfig:
     w_star: float | str = "auto"  # a number, or auto: 4.5 where feasible (see pcpo.credit.resolve_w_star)
     sigma_root: str = "paper"
+    #: flow credit zeta * ds: a number, authors, grid_all, grid_trained, or auto (the authors' value where
+    #: they have one, else grid_trained; see pcpo.credit.resolve_zeta)
+    zeta: float | str = "auto"
+    #: the authors' lineage variant: uw-sigma (PCPO), uw-lambda (interpolated policy), logrho (see pcpo.credit)
+    variant: str = "uw-sigma"
+
+    def __post_init__(self):
+        modes = ("auto", "authors", "grid_all", "grid_trained")
+        if isinstance(self.zeta, str) and self.zeta not in modes:
+            raise ConfigError(f"pcpo.zeta: must be a number or one of {', '.join(modes)}, got {self.zeta!r}")
+        if not isinstance(self.zeta, str) and not float(self.zeta) > 0:
+            raise ConfigError(f"pcpo.zeta: must be > 0, got {self.zeta}")
+        if self.variant not in ("uw-sigma", "uw-lambda", "logrho"):
+            raise ConfigError(f"pcpo.variant: must be uw-sigma, uw-lambda or logrho, got {self.variant!r}")
 
 
 @dataclass

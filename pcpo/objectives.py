@@ -1,4 +1,4 @@
-"""Per-step policy objectives: PPO-clip and PCPO's log-hinge.
+"""Per-step policy objectives: PPO-clip, PCPO's log-hinge, and the lineage's logrho clip.
 
 Every objective works on per-(sample, step) log-ratios.  How the log-ratio is
 computed is a separate choice (the *form*):
@@ -131,6 +131,25 @@ def _ppo_clip(ctx: StepContext):
 @register_objective("log_hinge")
 def _log_hinge(ctx: StepContext):
     return log_hinge_loss(ctx.log_ratio, ctx.advantages, ctx.clip_range)
+
+
+def logrho_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float):
+    """max(-A (1 + log rho), -A clip(1 + log rho, 1 - xi, 1 + xi)) per element: PPO's clip with
+    ``rho`` replaced by its first-order ``1 + log rho`` (the lineage's ``logrho`` ablation,
+    jaylee2000/rsm@e8be3df sd15_zeroth_order/train_grpo.py:1069-1078).  At rho = 1 the loss is -A;
+    ``inactive`` where the clip binds on the advantage's side (|log rho| > xi)."""
+    x = 1.0 + log_ratio
+    unclipped = -advantages * x
+    clipped = -advantages * torch.clamp(x, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped)
+    with torch.no_grad():
+        inactive = ((advantages > 0) & (log_ratio > clip_range)) | ((advantages < 0) & (log_ratio < -clip_range))
+    return loss, inactive
+
+
+@register_objective("ppo_clip_logrho")
+def _ppo_clip_logrho(ctx: StepContext):
+    return logrho_clip_loss(ctx.log_ratio, ctx.advantages, ctx.clip_range)
 
 
 def ratio_form_log_ratio(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, scale: torch.Tensor | None = None):

@@ -30,7 +30,7 @@ from pcpo import sharding
 from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict, recomputes_old_logprobs
-from pcpo.credit import CreditPlan, plan_credit
+from pcpo.credit import install_policy_mix, plan_for_run, plan_summary
 from pcpo.models import load_model
 from pcpo.noise_schedules import schedule_levels, stochastic_count
 from pcpo.objectives import OBJECTIVES, Objective, StepContext, approx_kl, outside_clip_range, step_kl
@@ -199,11 +199,12 @@ class Trainer:
             den, self.opt = self.acc.prepare(den, self.opt)
         self.model.denoiser = den
 
-        self.plan: CreditPlan = plan_credit(
-            self.model.schedule(), self.st.sampler, cfg.sampling.steps, eta=self.st.eta,
-            noise_level=self.st.noise_level, proportional=self.fw.proportional,
-            w_star=cfg.pcpo.w_star, sigma_root=cfg.pcpo.sigma_root,
-        )
+        # the credit plan and pcpo.variant from the resolved config: the one function `pcpo credit --config`
+        # calls too (pcpo.credit.plan_for_run); uw-lambda makes the policy pred_ref + lambda_t (pred - pred_ref)
+        self.fw, self.plan = plan_for_run(cfg, self.fw, self.st, self.model.schedule(), cfg.model.kind)
+        install_policy_mix(self)
+        if self.acc.is_main_process:
+            log.info("credit: %s", plan_summary(self.plan))
         self.grid = self.plan.sample_grid
         self.epoch_grid = self.grid  # this epoch's grid: the framework's noise schedule applied
         self.stochastic = torch.ones(self.grid.num_steps, dtype=torch.bool)

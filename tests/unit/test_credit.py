@@ -101,3 +101,15 @@ def test_native_baseline_plan_is_identity():
     plan = plan_credit(sd15_schedule(), "ddim", 20, eta=1.0)
     assert torch.equal(plan.train_weight, plan.native)
     torch.testing.assert_close(plan.ratio_scale, torch.ones(20, dtype=torch.float64))
+
+
+def test_cli_config_prints_what_train_uses():
+    """`pcpo credit --config` as a process: the SD3.5-M Flow-GRPO run's credit (the authors' zeta on the
+    pipeline grid), not the uniform grid of `--sampler`."""
+    from tests.helpers import ROOT
+
+    text = run_cli("--config", str(ROOT / "config/paper/flowgrpo_sd35m_pickscore.yaml"))
+    head = [ln for ln in text.splitlines() if ln.startswith("#")]
+    assert "pcpo-flow_grpo" in head[0] and "zeta 4.315213464" in head[1] and "9 of 10" in head[1]
+    rows = [ln.split() for ln in text.splitlines() if ln and ln[0] == " "]
+    assert len(rows) == 10 and float(rows[-1][1]) == pytest.approx(0.0089, abs=1e-4)  # the pipeline's short last step

@@ -325,6 +325,13 @@ def test_recipe_cards_cite_every_setting_and_match_the_docs():
             assert doc.read_text() == render_card(name), f"{doc} is stale: run `pcpo algorithms --write-docs docs/recipes`"
     card = render_card("pcpo-ddpo")
     assert "| `objective` | log_hinge | ppo_clip | PCPO |" in card
+    # the transform itself against its authors' lineage (jaylee2000/rsm), and the lineage's SD1.5 run
+    from pcpo.recipes import pcpo_rows, sd15_rows
+
+    for r in pcpo_rows() + sd15_rows():
+        assert r.status not in ("DIFFERS", "not cited") and r.ref is not None and r.ref.source, r
+    doc = ROOT / "docs" / "recipes" / "pcpo.md"
+    assert doc.read_text() == render_card("pcpo"), f"{doc} is stale: run `pcpo algorithms --write-docs docs/recipes`"
 
 
 def test_a_wrong_value_shows_as_differs():
@@ -348,6 +355,7 @@ def test_paper_config_headline_numbers():
         "config/paper/dancegrpo_flux_hpsv21.yaml": (192, 2),
         "config/paper/flowgrpo_sd35m_pickscore.yaml": (1152, 2),
         "config/paper/diffusionnft_sd35m_pickscore.yaml": (1152, 1),
+        "config/paper/pcpo_sd15_hpsv21.yaml": (128, 2),
     }
     for path, (samples, steps) in table.items():
         assert config_value(path, "samples_per_epoch") == samples, path

@@ -16,6 +16,11 @@ def test_values_at_ratio_one():
     hinge, inact = log_hinge_loss(lr, A, 1e-4)
     torch.testing.assert_close(hinge, 1e-4 * A.abs())
     assert inact.tolist() == [False, False, True, False]  # A = 0 gives a flat hinge
+    from pcpo.objectives import logrho_clip_loss
+
+    lrho, inact = logrho_clip_loss(lr, A, 1e-4)  # the lineage's logrho: -A (1 + log rho) at rho = 1
+    torch.testing.assert_close(lrho, -A)
+    assert not inact.any()
 
 
 def _fd_grad(f, x, h=1e-6):
@@ -27,7 +32,7 @@ def _fd_grad(f, x, h=1e-6):
     return g
 
 
-@pytest.mark.parametrize("name", ["ppo_clip", "log_hinge"])
+@pytest.mark.parametrize("name", ["ppo_clip", "log_hinge", "ppo_clip_logrho"])
 def test_gradients_match_finite_differences(name):
     torch.manual_seed(0)
     xi = 0.05
