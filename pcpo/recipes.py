@@ -450,8 +450,8 @@ SD15_REFERENCES = {
     "prompts.options.path": Ref("./prompts_dancegrpo.txt", _YAML + ":15 `prompt_file: \"./prompts_dancegrpo.txt\"`",
                                 note="the same file (git blob b47234e475645222ca9a0bb7742ebf4d08123855 at the pinned "
                                 "commit, byte-identical to XueZeyue/DanceGRPO@15cc71d assets/prompts.txt), fetched by "
-                                "the data catalogue to data/prompts/rsm_prompts_dancegrpo.txt", deliberate=True),
-    "resources.train_gpus": Ref(None, "no counterpart: `accelerate launch` without a process count "
+                                "the data catalogue to data/prompts/hpdv2_train.txt (entry hpdv2-train-prompts)", deliberate=True),
+    "resources.train.gpus": Ref(None, "no counterpart: `accelerate launch` without a process count "
                                 "(sd15_zeroth_order/README.md:44); the yaml's batch is per process",
                                 note="1 process here: 8 prompts x 16 images, as the yaml's per-process batch"),
     "train.prompts_per_epoch": Ref(8, _YAML + ":33 `num_prompts_per_epoch: 8`"),

@@ -107,7 +107,10 @@ def test_every_rule_requests_what_the_paper_config_asks(configfile, tmp_path):
     assert {"train", "sample_base", "sample", "evaluate", "aggregate", "report"} <= checked, checked
     train = next(j for j in jobs if j["rule"] == "train")
     g = cfg["resources"]["train"]["gpus"]
-    assert f"-m torch.distributed.run --standalone --nproc_per_node {g} -m pcpo.cli train" in train["shell"]
+    if g > 1:
+        assert f"-m torch.distributed.run --standalone --nproc_per_node {g} -m pcpo.cli train" in train["shell"]
+    else:  # one process (the PCPO lineage's SD1.5 run): no torchrun at all
+        assert "torch.distributed.run" not in train["shell"] and " -m pcpo.cli train " in train["shell"]
     # every paper config trains on GPUs and samples and evaluates on one
     assert g >= 1 and expected(cfg, "sample")["gpus"] == expected(cfg, "evaluate")["gpus"] == 1
 
