@@ -107,8 +107,9 @@ class _Dropped(Exception):
     """The connection ended before the whole file arrived."""
 
 
-def offline_error(what: str, source: str, command: str, reason: str) -> DataError:
-    return DataError(f"cannot fetch {what} from {source} ({reason}); on a machine with network run `{command}`")
+def offline_error(what: str, source: str, command: str, reason: str, alt: str | None = None) -> DataError:
+    also = f" (or `{alt}`)" if alt else ""
+    return DataError(f"cannot fetch {what} from {source} ({reason}); on a machine with network run `{command}`{also}")
 
 
 @contextlib.contextmanager
@@ -125,13 +126,15 @@ def _locked(path: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _stream(session, url: str, part: Path, hasher, have: int, *, what: str, command: str,
-            progress: bool, timeout) -> tuple[int, int | None, object]:
-    """One GET of the rest of ``url`` appended to ``part``; returns (bytes now in part, total, hasher)."""
+def _stream(session, url: str, part: Path, st, *, what: str, command: str, progress: bool, timeout) -> None:
+    """One GET of the rest of ``url`` appended to ``part``; ``st.have`` / ``st.hasher`` follow the part file
+    (also when the connection drops), ``st.total`` is the whole size when the server says it."""
     import requests
+    import urllib3
     from tqdm.auto import tqdm
 
     headers = {"Accept-Encoding": "identity"}
+    have = st.have
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
@@ -144,7 +147,8 @@ def _stream(session, url: str, part: Path, hasher, have: int, *, what: str, comm
         raise _Dropped(_reason(e)) from e
     with r:
         if r.status_code == 416 and have:  # nothing left to send: the part file is already whole
-            return have, have, hasher
+            st.total = have
+            return
         if r.status_code in (401, 403):
             raise DataError(f"cannot fetch {what} from {url}: access denied (HTTP {r.status_code})")
         if r.status_code == 404:
@@ -161,27 +165,28 @@ def _stream(session, url: str, part: Path, hasher, have: int, *, what: str, comm
                 log.info("%s: the server does not resume at byte %d; downloading from the start", what, have)
             with open(part, "r+b") as f:
                 f.truncate(0)
-            hasher, have = hashlib.sha256(), 0
+            st.hasher, st.have, have = hashlib.sha256(), 0, 0
         length = r.headers.get("Content-Length")
-        total = have + int(length) if length is not None and length.isdigit() else None
+        total = st.total = have + int(length) if length is not None and length.isdigit() else None
         try:
             with open(part, "ab") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                              unit_divisor=1024, desc=Path(what).name[:40],
                                              disable=not progress, leave=False) as bar:
-                for chunk in r.iter_content(CHUNK):
+                # read1: whatever has arrived (up to CHUNK), so a dropped connection loses no received bytes
+                read = getattr(r.raw, "read1", None) or r.raw.read
+                for chunk in iter(lambda: read(CHUNK), b""):
                     if chunk:
                         f.write(chunk)
-                        hasher.update(chunk)
-                        have += len(chunk)
+                        st.hasher.update(chunk)
+                        st.have = have = have + len(chunk)
                         bar.update(len(chunk))
                 f.flush()
                 os.fsync(f.fileno())
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout) as e:
+                requests.exceptions.Timeout, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
             raise _Dropped(_reason(e)) from e
     if total is not None and have < total:
         raise _Dropped(f"{have} of {total} bytes")
-    return have, total, hasher
 
 
 def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None, size: int | None = None,
@@ -199,34 +204,37 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None, size:
     what = what or str(dest)
     src = rewrite_url(url)
     part = dest.with_name(dest.name + ".part")
+    if hf_offline() and not (dest.is_file() and sha256 is not None and sha256_file(dest) == sha256):
+        raise offline_error(what, src, command, "HF_HUB_OFFLINE is set: no downloads")
     with _locked(part):
         if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
             if part.is_file() and part.stat().st_size == 0:
                 part.unlink()
             return sha256
-        hasher, have = hashlib.sha256(), part.stat().st_size
-        if have:
+        from types import SimpleNamespace
+
+        st = SimpleNamespace(hasher=hashlib.sha256(), have=part.stat().st_size, total=None)
+        if st.have:
             with open(part, "rb") as f:
                 for b in iter(lambda: f.read(1 << 22), b""):
-                    hasher.update(b)
-            log.info("%s: resuming at byte %d", what, have)
+                    st.hasher.update(b)
+            log.info("%s: resuming at byte %d", what, st.have)
         attempt = 0
         with requests.Session() as session:
             while True:
                 try:
-                    have, total, hasher = _stream(session, src, part, hasher, have, what=what, command=command,
-                                                  progress=progress, timeout=timeout)
+                    _stream(session, src, part, st, what=what, command=command, progress=progress, timeout=timeout)
                     break
                 except _Dropped as e:
                     attempt += 1
                     if attempt > retries:
                         raise DataError(
-                            f"download of {what} from {src} kept breaking off ({e}; {have} bytes kept in {part}); "
+                            f"download of {what} from {src} kept breaking off ({e}; {st.have} bytes kept in {part}); "
                             f"rerun `{command}` to resume it") from None
-                    log.warning("%s: connection dropped (%s) at byte %d; resuming (try %d of %d)", what, e, have,
+                    log.warning("%s: connection dropped (%s) at byte %d; resuming (try %d of %d)", what, e, st.have,
                                 attempt, retries)
                     time.sleep(backoff * attempt)
-        got = hasher.hexdigest()
+        got, have = st.hasher.hexdigest(), st.have
         bad = None
         if sha256 is not None and got != sha256:
             bad = f"checksum mismatch for {what}: expected sha256 {sha256}, got {got} (source {src})"
@@ -258,7 +266,8 @@ def hf_command(repo: str, repo_type: str = "model", filename: str | None = None,
 
 
 def hf_error(err: BaseException, *, repo: str, repo_type: str = "model", filename: str | None = None,
-             revision: str | None = None, command: str | None = None, gated: bool = False) -> DataError | None:
+             revision: str | None = None, command: str | None = None, gated: bool = False,
+             alt: str | None = None) -> DataError | None:
     """The one-line :class:`DataError` for a huggingface_hub failure, or None when it is not one we explain."""
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
@@ -285,13 +294,13 @@ def hf_error(err: BaseException, *, repo: str, repo_type: str = "model", filenam
         return DataError(f"{what}: not found at {src} (HTTP 404); check the file name and revision")
     if isinstance(err, (OfflineModeIsEnabled, LocalEntryNotFoundError)) or hf_offline():
         reason = "HF_HUB_OFFLINE is set" if hf_offline() else _reason(err)
-        return offline_error(what, src, cmd, reason)
+        return offline_error(what, src, cmd, reason, alt)
     try:
         import httpx2 as httpx  # huggingface_hub 2 ships its own fork
     except ImportError:  # pragma: no cover
         import httpx
     if isinstance(err, (httpx.ConnectError, httpx.TimeoutException, ConnectionError)):
-        return offline_error(what, src, cmd, _reason(err))
+        return offline_error(what, src, cmd, _reason(err), alt)
     return None
 
 
@@ -314,3 +323,41 @@ def verify_snapshot(folder: str | os.PathLike) -> dict[str, str]:
                                 f"the cached blob was deleted, fetch again")
         out[rel] = oid
     return out
+
+
+def explain_load_failure(err: BaseException, repo: str, *, filename: str | None = None,
+                         repo_type: str = "model") -> DataError | None:
+    """For a loader (``from_pretrained``) failure on hub id ``repo``: the one-line reason (gated, offline,
+    missing) from the huggingface_hub error somewhere in its cause chain, naming the command that fetches
+    it (``pcpo data fetch NAME`` when the catalogue has the repository, and ``hf download REPO``)."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    cmd, alt = hf_command(repo, repo_type, filename), None
+    name = catalogue_name_for_repo(repo, filename)
+    if name:
+        cmd, alt = f"pcpo data fetch {name}", cmd
+    for e in chain:
+        mapped = hf_error(e, repo=repo, repo_type=repo_type, filename=filename, command=cmd, alt=alt)
+        if mapped is not None:
+            return mapped
+    text = " ".join(str(e) for e in chain)
+    if hf_offline() or "offline" in text.lower() or "local_files_only" in text or "cannot find the requested files" in text.lower():
+        reason = "HF_HUB_OFFLINE is set" if hf_offline() else "not in the local Hugging Face cache"
+        hub = hf_endpoint() or "https://huggingface.co"
+        what = f"{repo}/{filename}" if filename else repo
+        return offline_error(what, f"{hub}/{'datasets/' if repo_type == 'dataset' else ''}{repo}", cmd, reason, alt)
+    return None
+
+
+def catalogue_name_for_repo(repo: str, filename: str | None = None) -> str | None:
+    """The catalogue entry that fetches ``repo`` (``filename`` of it), if any."""
+    try:
+        from pcpo.data.catalogue import load_catalogue
+        from pcpo.data.needs import _hf_entries
+
+        hits = _hf_entries(load_catalogue(), repo, filename)
+    except DataError:
+        return None
+    return hits[0] if hits else None

@@ -118,7 +118,7 @@ def _hf_call(e: Entry, fn, **kw):
         return fn(**kw)
     except Exception as err:  # noqa: BLE001 - mapped to one line below, else re-raised
         mapped = hf_error(err, repo=e.repo, repo_type=e.repo_type, filename=e.filename, revision=e.revision,
-                          command=f"{fetch_command(e)}` (or `{hf_command(e.repo, e.repo_type, e.filename, e.revision)}",
+                          command=fetch_command(e), alt=hf_command(e.repo, e.repo_type, e.filename, e.revision),
                           gated=e.gated)
         if mapped is None:
             raise
