@@ -210,12 +210,18 @@ def fetch_entry(e: Entry, cat: dict[str, Entry], root: str | os.PathLike, *, pro
             cap = fetch_entry(get_entry(cat, prep["captions_from"]), cat, root, progress=progress, force=False,
                               _seen=_seen + (e.name,))
             captions = cap["path"]
-        from pcpo.data.prepare import prepare_image_folder
+        from pcpo.data.prepare import check_image_folder, prepare_image_folder
 
         out = e.prepared_path(root)
-        manifest = prepare_image_folder(stamp["path"], out, name=e.name, source=e.source_label(), n=int(prep["n"]),
-                                        resolution=int(prep["resolution"]), seed=int(prep.get("seed", 0)),
-                                        captions=captions, workers=workers, progress=progress)
+        manifest = None if force else check_image_folder(out)
+        if manifest is not None and (manifest.get("source"), manifest.get("seed")) == (e.source_label(),
+                                                                                      int(prep.get("seed", 0))):
+            log.info("%s: %s is already prepared (%d images)", e.name, out, manifest["n_images"])
+        else:
+            manifest = prepare_image_folder(stamp["path"], out, name=e.name, source=e.source_label(),
+                                            n=int(prep["n"]), resolution=int(prep["resolution"]),
+                                            seed=int(prep.get("seed", 0)), captions=captions, workers=workers,
+                                            progress=progress)
         stamp["prepared"] = {"path": str(out), "n_images": manifest["n_images"],
                              "resolution": manifest["resolution"], "files_sha256": manifest["files_sha256"]}
     stamp["fetched"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
