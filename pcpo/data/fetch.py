@@ -66,6 +66,22 @@ def _present(stamp: dict | None) -> bool:
     return ok
 
 
+def _stamp_matches(e: Entry, stamp: dict) -> bool:
+    """The stamp was written for this version of the entry (same pinned sha256 / revision / preparation)."""
+    if e.kind in ("url", "torch_hub_file") and e.sha256 is not None:
+        if (stamp.get("archive_sha256") or stamp.get("sha256")) != e.sha256:
+            return False
+    if e.kind == "hf_file" and e.sha256 is not None and stamp.get("sha256") != e.sha256:
+        return False
+    if e.kind.startswith("hf_") and stamp.get("revision") != e.revision:
+        return False
+    if e.prepare:
+        prep = stamp.get("prepared") or {}
+        if (prep.get("n_images"), prep.get("resolution")) != (int(e.prepare["n"]), int(e.prepare["resolution"])):
+            return False
+    return True
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     from pcpo.utils import atomic_path
 
@@ -197,7 +213,7 @@ def fetch_entry(e: Entry, cat: dict[str, Entry], root: str | os.PathLike, *, pro
     if e.name in _seen:
         raise DataError(f"catalogue entry {e.name!r}: prepare.captions_from forms a cycle")
     old = read_stamp(root, e.name)
-    if not force and _present(old):
+    if not force and _present(old) and _stamp_matches(e, old):
         log.info("%s: present and verified (%s)", e.name, old["path"])
         return old
     log.info("%s: fetching from %s", e.name, e.source_label())
