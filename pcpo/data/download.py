@@ -309,6 +309,7 @@ def verify_snapshot(folder: str | os.PathLike) -> dict[str, str]:
     compare; returns ``{relative path: sha256 or blob id}``.  A mismatch deletes the blob and raises."""
     folder = Path(folder)
     out: dict[str, str] = {}
+    log.info("verifying the files of %s against their sha256", folder)
     for p in sorted(folder.rglob("*")):
         if not p.is_file():
             continue
