@@ -111,6 +111,7 @@ def test_fid_kid_deterministic_and_batch_size_independent(data):
     assert r16["kid"]["subset_size"] == 8
 
 
+@pytest.mark.slow  # torch-fidelity builds and runs its own Inception: ~20 s on one core
 def test_equals_torch_fidelity_calculate_metrics(data):
     k = 6  # our side reuses the fixture's features (computed in a batch of N; batch-size effects ~1e-7)
     fake, real = data["noisy"][2][:k], data["x"][:k]
