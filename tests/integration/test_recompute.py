@@ -12,7 +12,9 @@ import pcpo.trainer as trainer_mod
 from tests.helpers import adam_step_atol, reordered_sum_tol
 from tests.integration.test_trainer import make_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# every test here trains or samples with the tiny models (a trainer, a CLI subprocess or a rollout):
+# seconds to minutes each on 2 cores, so they run in the full suite, not in the fast tier
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 BF16_EPS = 2.0**-8  # bf16's relative rounding step
 
