@@ -22,7 +22,7 @@ F32_U = 2.0 ** -24
 def reordered_sum_tol(n_terms: int, scale: float = 1.0) -> float:
     """Bound on the difference of two float32 evaluations of the same sum taken in different orders:
     each is within ``(n - 1) u sum|x_i|`` of the exact sum (Higham, Accuracy and Stability of
-    Numerical Algorithms, 2nd ed., eq. 4.4), so they differ by at most ``2 (n - 1) u sum|x_i|``.
+    Numerical Algorithms, 2nd ed., §4.2), so they differ by at most ``2 (n - 1) u sum|x_i|``.
     ``scale`` stands for ``sum|x_i|``; with ``scale=1`` it is a relative tolerance for a sum of terms
     of one sign (a squared norm, a mean of positive values)."""
     return 2 * max(n_terms - 1, 1) * F32_U * scale
