@@ -108,7 +108,7 @@ def test_recompute_gives_the_update_of_the_exact_old_policy(tmp_path, tiny_model
     # After it: the weights within a tenth of an Adam step, since Adam can turn a rounding-level
     # difference of a near-zero gradient into a fraction of lr (tests.helpers.adam_step_atol).
     delta = sb["logratio_first_max"]
-    terms = traj.batch_size * traj.num_steps
+    terms = traj.batch_size * traj.num_steps * traj.states.shape[-2:].numel()  # samples x steps x positions
     assert sa["grad_norm"] == pytest.approx(sb["grad_norm"], rel=2 * delta + reordered_sum_tol(terms), abs=0)
     for pa, pb in zip(a.params, b.params):
         torch.testing.assert_close(pa, pb, rtol=0, atol=adam_step_atol(sa["lr"], sa["optimizer_steps"]))
