@@ -1,5 +1,5 @@
 """Implicit reward guidance on the tiny world: reward and FID of samples at several
-lambda for one fine-tuned checkpoint (METHOD.md section 5).
+lambda for one fine-tuned checkpoint (docs/method.md §5).
 
     python benchmarks/irg_experiment.py --results results/tiny \
         --checkpoint results/tiny/runs/eps/digit_alignment/pcpo-ddpo/seed0/checkpoints/epoch_000007 \

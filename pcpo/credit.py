@@ -2,7 +2,7 @@
 
 Near the old policy the log-ratio of step t is
 ``-[w(t) <delta, z> + 0.5 w(t)^2 |delta|^2]`` with ``w(t) = C(t) / sigma_t``
-(METHOD.md section 2), so ``w(t)`` is the credit step t receives.  A
+(docs/method.md §2), so ``w(t)`` is the credit step t receives.  A
 :class:`CreditPlan` says which grid to sample with and which weight each step
 gets in the objective:
 
@@ -55,7 +55,7 @@ def native_weights(grid: SamplerGrid) -> torch.Tensor:
 def ddim_pcpo_sigma(
     alpha_prod: torch.Tensor, alpha_prod_next: torch.Tensor, w_star: float, root: str = "paper"
 ) -> torch.Tensor:
-    """Reshaped DDIM std sigma~_t for a constant weight ``w*`` (METHOD.md section 3b).
+    """Reshaped DDIM std sigma~_t for a constant weight ``w*`` (docs/method.md §3b).
 
     Both roots solve ``(c1 - w* sigma)^2 = 1 - a' - sigma^2`` with
     ``c1 = sqrt(1 - a) / sqrt(a / a')``:

@@ -1,4 +1,4 @@
-"""Implicit reward guidance (IRG) at sampling time (METHOD.md section 5).
+"""Implicit reward guidance (IRG) at sampling time (docs/method.md §5).
 
 A fine-tuned model approximates the reference model tilted by its reward, so
 its difference from the reference is an implicit reward direction:

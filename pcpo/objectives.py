@@ -6,7 +6,7 @@ computed is a separate choice (the *form*):
 * ``ratio``: ``log p_new - log p_old`` from two log-densities (DDPO, DanceGRPO,
   Flow-GRPO), optionally rescaled per step by ``step_weight / grid_weight``;
 * ``matching``: ``-[w <delta, z> + 0.5 w^2 |delta|^2]`` straight from the
-  prediction difference and the stored noise (METHOD.md section 2), which
+  prediction difference and the stored noise (docs/method.md §2), which
   needs no subtraction of large numbers.
 
 The per-step weight ``w`` is the *credit hook*: the same objective serves the
@@ -56,7 +56,7 @@ def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range:
 
 
 def log_hinge_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float):
-    """max(0, xi |A| - A log rho) per element (PCPO's stable objective, METHOD.md 3a).
+    """max(0, xi |A| - A log rho) per element (PCPO's stable objective, docs/method.md §3a).
 
     ``inactive`` marks elements where the hinge is flat (A log rho >= xi |A|).
     At rho = 1 the loss is xi |A|.

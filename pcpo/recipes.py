@@ -177,7 +177,7 @@ def render_card(name: str) -> str:
     lines = [f"# Recipe card: `{name}`", "", fw.description, "",
              "Generated from the registered framework by `pcpo algorithms --show " + name + "`; do not edit by hand.",
              "Status: *matches* the reference; *deliberate* difference (reason given); *PCPO* changed by the",
-             "PCPO transform (METHOD.md section 3); *no counterpart* in the reference code; *DIFFERS* or",
+             "PCPO transform (docs/method.md §3); *no counterpart* in the reference code; *DIFFERS* or",
              "*not cited* would be a fidelity bug (the tests fail on both for the cited baselines).", ""]
     for fam in FAMILIES:
         if fam not in fw.samplers:

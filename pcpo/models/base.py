@@ -22,7 +22,7 @@ Time convention of :meth:`ModelAdapter.predict`:
 
 A velocity model predicts ``v`` with ``x_s = (1 - s) x_0 + s * noise`` and
 ``v = noise - x_0``, so ``x_0 = x_s - s * v`` (the convention of FLUX/SD3 and
-of METHOD.md section 1b).
+of docs/method.md §1b).
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class SamplerGrid:
 
     @property
     def native_weight(self) -> torch.Tensor:
-        """w(t) = C(t) / sigma_t, the sensitivity of the step's log-prob (METHOD.md section 2)."""
+        """w(t) = C(t) / sigma_t, the sensitivity of the step's log-prob (docs/method.md §2)."""
         safe = torch.where(self.std > 0, self.std, torch.ones_like(self.std))
         return torch.where(self.std > 0, self.coef / safe, torch.full_like(self.std, float("inf")))
 

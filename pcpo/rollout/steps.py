@@ -12,11 +12,11 @@ re-scores stored trajectories under the current policy.
 
 All arithmetic runs in float32 (float64 when the inputs are float64), whatever
 dtype the network produced, because the log-density of a narrow Gaussian
-cancels badly in half precision (see METHOD.md section 3a).
+cancels badly in half precision (see docs/method.md §3a).
 
 Each step also reports ``coef``: the sensitivity ``C`` of the mean to the
 network output, ``mean = (terms without the prediction) - C * prediction``.
-``coef / std`` is the per-step credit weight ``w(t)`` of METHOD.md section 2,
+``coef / std`` is the per-step credit weight ``w(t)`` of docs/method.md §2,
 and ``coef`` is what the matching-form log-ratio needs.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def ddim_variance(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor) -> 
 
 
 def ddim_coef(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """C(t) = sqrt(1 - a) / sqrt(a / a') - sqrt(1 - a' - sigma^2)  (METHOD.md section 2)."""
+    """C(t) = sqrt(1 - a) / sqrt(a / a') - sqrt(1 - a' - sigma^2)  (docs/method.md §2)."""
     return (1 - alpha_prod_t).sqrt() / (alpha_prod_t / alpha_prod_prev).sqrt() - (
         (1 - alpha_prod_prev - sigma**2).clamp_min(0).sqrt()
     )
@@ -221,7 +221,7 @@ def matching_log_ratio(
     weight: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """log rho = -[ w <delta, z> + 0.5 w^2 |delta|^2 ] (METHOD.md section 2).
+    """log rho = -[ w <delta, z> + 0.5 w^2 |delta|^2 ] (docs/method.md §2).
 
     ``delta`` = new minus old prediction, ``noise`` = the stored standardised
     noise z of the step, ``weight`` = (B,) per-step credit weight ``C / std``

@@ -115,6 +115,7 @@ def test_pool3_features_equal_torchscript(converted, torchscript):
     assert diff <= 1e-5
 
 
+@pytest.mark.slow  # two whole Inception pipelines over 24 images: ~30 s on one core
 def test_fid_agrees_with_fid_helper(cache):
     """Whole pipelines on 32x32 images (each tool resizes to 299 its own way).
 

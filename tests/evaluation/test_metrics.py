@@ -9,6 +9,7 @@ import torch
 
 from evaluation import inception as inc
 from evaluation import metrics as M
+from tests.helpers import reordered_sum_tol
 
 N = 12
 NOISE = (0.01, 0.03, 0.1)
@@ -23,6 +24,16 @@ def _blobs(n, seed, size=32, lo=4):
 
 def _rel(a, b):
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+#: Inception features of the same images computed in batches of another size: a CPU may pick other
+#: convolution kernels by shape, which reorders float32 sums; the longest is a 3 x 3 x 448 = 4032-term
+#: reduction, so features may differ by that reordered-sum bound, relative to their magnitude (on
+#: this project's AMD EPYC they were bitwise equal).  FID is quadratic in the features, so its
+#: relative change is about twice theirs.
+INCEPTION_TERMS = 3 * 3 * 448
+FEATURE_RTOL = reordered_sum_tol(INCEPTION_TERMS)
+FID_RTOL = 2 * FEATURE_RTOL
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -106,11 +117,15 @@ def test_fid_kid_deterministic_and_batch_size_independent(data):
     r16 = M.fid_kid(fake, data["ref"], batch_size=16, kid_subsets=20)
     for m in ("fid", "kid"):
         assert r4a[m]["value"] == r4b[m]["value"]
-        assert _rel(r4a[m]["value"], r16[m]["value"]) < 1e-5, (m, r4a[m]["value"], r16[m]["value"])
+        # KID keeps a tight bound: a difference of kernel means, its relative change is not bounded
+        # by the features' (it has been exact here; revisit with the feature tolerance if it trips)
+        tol = FID_RTOL if m == "fid" else 1e-5
+        assert _rel(r4a[m]["value"], r16[m]["value"]) < tol, (m, r4a[m]["value"], r16[m]["value"])
         assert _has_net(r16[m])
     assert r16["kid"]["subset_size"] == 8
 
 
+@pytest.mark.slow  # torch-fidelity builds and runs its own Inception: ~20 s on one core
 def test_equals_torch_fidelity_calculate_metrics(data):
     k = 6  # our side reuses the fixture's features (computed in a batch of N; batch-size effects ~1e-7)
     fake, real = data["noisy"][2][:k], data["x"][:k]
@@ -286,9 +301,12 @@ def test_diversity_memo_feeds_fid_without_a_second_pass(data, monkeypatch):
     without = M.fid_kid(x, data["ref"], batch_size=N, kid_subsets=20)
     assert calls == [1, N]
     for m in ("fid", "kid"):
-        assert _rel(with_memo[m]["value"], without[m]["value"]) < 1e-5, (m, with_memo[m]["value"], without[m]["value"])
+        tol = FID_RTOL if m == "fid" else 1e-5  # memo features came from batches of 4 and 1
+        assert _rel(with_memo[m]["value"], without[m]["value"]) < tol, (m, with_memo[m]["value"], without[m]["value"])
     feats = M.inception_features(x, batch_size=N, memo=memo)
-    assert calls == [1, N] and torch.allclose(feats, data["fn"][0], rtol=1e-4, atol=1e-5)
+    ref = data["fn"][0]
+    assert calls == [1, N]
+    torch.testing.assert_close(feats, ref, rtol=0, atol=FEATURE_RTOL * float(ref.abs().max()))
 
 
 def test_lpips_path_matches_lpips_package():

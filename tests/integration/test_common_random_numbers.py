@@ -7,6 +7,10 @@ import torch
 
 from tests.integration.test_trainer import make_config
 
+# every test here trains or samples with the tiny models (a trainer, a CLI subprocess or a rollout):
+# seconds to minutes each on 2 cores, so they run in the full suite, not in the fast tier
+pytestmark = pytest.mark.slow
+
 ALGOS = ["flow_grpo", "dancegrpo", "pcpo-dancegrpo", "mixgrpo", "diffusion_nft"]
 
 

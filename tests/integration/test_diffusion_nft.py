@@ -86,6 +86,7 @@ def _cfg(tmp_path, tiny_models, epochs, **over):
                        {"sampling": {"steps": 5}})
 
 
+@pytest.mark.slow  # trains on the tiny world
 def test_the_hook_samples_with_the_old_policy_and_scores_it_at_forward_noised_states(tmp_path, tiny_models):
     from pcpo.trainer import Trainer
 
@@ -138,6 +139,7 @@ def test_the_hook_samples_with_the_old_policy_and_scores_it_at_forward_noised_st
         torch.testing.assert_close(e, 0.3 * b + 0.7 * p.detach())
 
 
+@pytest.mark.slow  # trains on the tiny world
 def test_diffusion_nft_trains_and_resumes_exactly(tmp_path, tiny_models):
     from pcpo.trainer import Trainer
 
@@ -164,6 +166,7 @@ def test_diffusion_nft_trains_and_resumes_exactly(tmp_path, tiny_models):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, abs=1e-9), (k, a["epoch"])
 
 
+@pytest.mark.slow  # trains on the tiny world
 def test_the_framework_guidance_default_applies_without_a_config_value(tmp_path, tiny_models):
     import yaml
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.test_multiprocess import SAME, _rows, _train, assert_same_weights, kill_and_resume, torchrun
+from tests.integration.test_multiprocess import SAME, _rows, _train, assert_same_update, kill_and_resume, torchrun
 from tests.integration.test_trainer import make_config
 from tests.helpers import pcpo_cmd
 
 pytestmark = pytest.mark.slow
 
-FULL = [*SAME, "--set", "lora.enabled=false", "--set", "train.lr=1e-4"]
+LR = 1e-4
+FULL = [*SAME, "--set", "lora.enabled=false", "--set", f"train.lr={LR}"]
 
 
 @pytest.mark.parametrize("algorithm", ["dancegrpo", "flow_grpo"])
@@ -27,13 +28,16 @@ def test_fsdp_two_processes_match_one_unsharded(tmp_path, tiny_models, algorithm
     assert two.returncode == 0, two.stderr[-3000:]
     assert "denoiser sharded (FSDP)" in two.stdout and "over 2 processes (4 each)" in two.stdout
     r1, r2 = _rows(tmp_path / "one" / "metrics.csv"), _rows(tmp_path / "two" / "metrics.csv")
-    for k in ("reward_mean", "reward_std", "adv_abs_mean", "loss", "grad_norm", "clipfrac"):
+    # rewards and advantages: the same images (see test_two_processes_match_one); the loss of these
+    # group-relative runs is ~0 on every process (each holds whole groups, whose advantages sum to 0)
+    for k in ("reward_mean", "reward_std", "adv_abs_mean", "loss", "clipfrac"):
         assert float(r1[0][k]) == pytest.approx(float(r2[0][k]), rel=1e-4, abs=1e-6), k
-    for name in ["trainable"] + (["ema"] if algorithm == "flow_grpo" else []):
-        # Adam divides by sqrt(v): rounding in the gradient reduction order moves a weight by a few
-        # percent of one lr-sized step at most
-        w = assert_same_weights(tmp_path / "one", tmp_path / "two", name, rtol=1e-4, atol=5e-6)
-        assert len(w) > 10  # the whole UNet, under its own names
+    # the gradient before the step (norm within the reordered-sum bound) and every weight after it
+    # (within a tenth of an Adam step); the EMA is a convex mix of weights, so the same bound holds
+    names = ["trainable"] + (["ema"] if algorithm == "flow_grpo" else [])
+    assert_same_update(r1[0], r2[0], tmp_path / "one", tmp_path / "two", lr=LR, names=names)
+    w = load_file(str(tmp_path / "two" / "checkpoints" / "epoch_000000" / "trainable.safetensors"))
+    assert len(w) > 10  # the whole UNet, under its own names
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
 
 

@@ -27,6 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# every test here trains or samples with the tiny models (a trainer, a CLI subprocess or a rollout):
+# seconds to minutes each on 2 cores, so they run in the full suite, not in the fast tier
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "fullscale_epoch.py"
 

@@ -94,6 +94,7 @@ def test_pcpo_refuses_a_likelihood_free_objective_and_a_graded_schedule():
             FRAMEWORKS._items.pop(n, None)
 
 
+@pytest.mark.slow  # trains on the tiny world
 @pytest.mark.parametrize("algorithm", ["mixgrpo", "pcpo-mixgrpo", "grpo_guard", "tempflow_grpo"])
 def test_new_baselines_train_on_the_tiny_world(tmp_path, tiny_models, algorithm):
     from pcpo.config import load_config

@@ -9,6 +9,10 @@ from PIL import Image
 
 from tests.helpers import ROOT, pcpo_cmd
 
+# every test here trains or samples with the tiny models (a trainer, a CLI subprocess or a rollout):
+# seconds to minutes each on 2 cores, so they run in the full suite, not in the fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_models):

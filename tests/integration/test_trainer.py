@@ -14,6 +14,10 @@ import yaml
 
 from tests.helpers import ROOT, pcpo_cmd
 
+# every test here trains or samples with the tiny models (a trainer, a CLI subprocess or a rollout):
+# seconds to minutes each on 2 cores, so they run in the full suite, not in the fast tier
+pytestmark = pytest.mark.slow
+
 TIME_COLS = {"time_rollout", "time_reward", "time_train", "time_epoch"}
 
 

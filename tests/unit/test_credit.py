@@ -41,10 +41,10 @@ def test_cli_table_and_plot(tmp_path):
 
 @pytest.mark.parametrize("root", ["paper", "exact"])
 def test_reshaped_sigma_identity(root):
-    """The reshaped sigma~ gives every step the constant w* (METHOD.md 3b).
+    """The reshaped sigma~ gives every step the constant w* (docs/method.md §3b).
 
     ``exact``: the true mean-sensitivity C~ = c1 - sqrt(1 - a' - s^2) over s equals w*.
-    ``paper``: METHOD.md's closed form (its larger root, 0.4467 at t = 981)
+    ``paper``: docs/method.md's closed form (its larger root, 0.4467 at t = 981)
     satisfies (c1 + sqrt(1 - a' - s^2)) / s = w*, the same relation with the
     direction term's sign flipped; its true sensitivity stays near the native one.
     """
@@ -89,7 +89,7 @@ def test_flow_pcpo_weights_proportional_to_ds(sampler, level, shift, steps):
 
 
 def test_flow_native_weight_formula():
-    """w(s) = sqrt(ds)/eta * (1 + (1 - s) eta^2 / (2 s)) for the DanceGRPO form (METHOD.md 2)."""
+    """w(s) = sqrt(ds)/eta * (1 + (1 - s) eta^2 / (2 s)) for the DanceGRPO form (docs/method.md §2)."""
     plan = plan_credit(ScheduleSpec("flow", shift=3.0), "flow-dance", 16, noise_level=0.3)
     g = plan.sample_grid
     s, ds = g.timesteps, g.timesteps - g.next_timesteps

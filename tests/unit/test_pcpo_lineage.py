@@ -149,7 +149,7 @@ def test_flux_dancegrpo_zeta_is_the_trained_steps_sum_both_ways():
     u = torch.linspace(1, 0, 13, dtype=torch.float64)
     s_all = 3 * u / (1 + 2 * u)
     s, ds = s_all[:-1], s_all[:-1] - s_all[1:]
-    w = ds.sqrt() / 0.3 * (1 + (1 - s) * 0.09 / (2 * s))  # DanceGRPO's form, METHOD.md section 2
+    w = ds.sqrt() / 0.3 * (1 + (1 - s) * 0.09 / (2 * s))  # DanceGRPO's form, docs/method.md §2
     assert got["zeta"] == plan.zeta == pytest.approx(float(w[:11].sum()), rel=1e-12)
     assert got["trained_steps"] == list(range(11)) and "grid_trained" in got["zeta_source"]
 

@@ -180,11 +180,9 @@ def test_pretrain_cli_subcommand(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def random_models(tmp_path_factory):
-    from pcpo.models.tiny import build_random_tiny
-
-    root = tmp_path_factory.mktemp("tiny")
-    return {k: build_random_tiny(k, root / k, seed=0) for k in ("eps", "flow")}
+def random_models(tiny_models):
+    """The session's tiny random eps and flow models (tests/conftest.py), built once for the run."""
+    return tiny_models
 
 
 @pytest.mark.parametrize("kind", ["eps", "flow"])

@@ -16,6 +16,9 @@ import yaml
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.workflow
+#: every test that starts Snakemake (5 to 20 s each for a lint or dry run on a 2-core machine, minutes
+#: for the smoke run) is in the full suite only; the in-process config validation stays in the fast tier
+SNAKEMAKE = pytest.mark.slow
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").rglob("*.yaml"))
@@ -26,6 +29,7 @@ def snakemake(*args, timeout=900, **kw):
                           timeout=timeout, **kw)
 
 
+@SNAKEMAKE
 def test_lint_is_clean():
     r = snakemake("--lint", "--configfile", "config/smoke.yaml")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -47,6 +51,7 @@ def test_every_config_passes_the_trainer_validation(configfile):
     assert cfg.train.epochs >= 1
 
 
+@SNAKEMAKE
 @pytest.mark.parametrize("configfile", CONFIGS)
 def test_dry_run_of_every_config(configfile, tmp_path):
     r = snakemake("-n", "--configfile", configfile, "--config", f"results={tmp_path}/results", "--quiet", "rules")
@@ -56,6 +61,7 @@ def test_dry_run_of_every_config(configfile, tmp_path):
         assert rule in out, f"{rule} missing from the plan of {configfile}"
 
 
+@SNAKEMAKE
 def test_malformed_config_fails_at_validation_naming_the_field(tmp_path):
     cfg = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
     cfg["matrix"][0]["seeds"] = ["zero"]
@@ -68,6 +74,7 @@ def test_malformed_config_fails_at_validation_naming_the_field(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@SNAKEMAKE
 def test_evaluation_seeds_select_checkpoints_and_reject_unknown_seeds(tmp_path):
     cfg = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
     cfg["evaluation"]["seeds"] = [1]
@@ -178,6 +185,7 @@ def smoke_run(tmp_path_factory):
         shutil.rmtree(ROOT / "__pycache__", ignore_errors=True)
 
 
+@SNAKEMAKE
 def test_smoke_run_completes_with_report(smoke_run):
     assert smoke_run["rc"] == 0, smoke_run["log"][-4000:]
     rep = smoke_run["results"] / "report"
@@ -195,6 +203,7 @@ def test_smoke_run_completes_with_report(smoke_run):
     print(f"\nsmoke run (interrupted at {smoke_run['interrupted_s']:.0f} s, restarted): {smoke_run['total_s']:.0f} s total")
 
 
+@SNAKEMAKE
 def test_dropped_in_baseline_appears_in_report(smoke_run):
     import pandas as pd
 
@@ -208,6 +217,7 @@ def test_dropped_in_baseline_appears_in_report(smoke_run):
     assert (pc["framework"]["advantage"], pc["framework"]["objective"]) == ("wfdrop_rank", "log_hinge")
 
 
+@SNAKEMAKE
 def test_restart_reuses_finished_jobs_and_resumes_training(smoke_run):
     # the base models finished before the kill were not rebuilt
     assert smoke_run["pre"], "no base model had finished at the kill"  # a training run needs one
@@ -219,6 +229,7 @@ def test_restart_reuses_finished_jobs_and_resumes_training(smoke_run):
     assert "resuming from" in text or "run already complete" in text, text[-2000:]
 
 
+@SNAKEMAKE
 def test_the_workflow_launches_two_training_processes(smoke_run, tmp_path):
     """resources.train.gpus: 2 makes the train rule start two real processes (torchrun; gloo on
     this CPU), reusing the smoke run's base models: one new run, split in whole groups."""
