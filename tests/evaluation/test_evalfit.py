@@ -38,6 +38,26 @@ def _write_folder(folder, x, manifest=True, name="refset"):
     return folder
 
 
+class _CheapPool3:
+    """A stand-in for the FID Inception where the test is about streaming, caching and routing, not
+    the network (the real one is exercised in test_metrics/test_inception): a fixed random
+    projection of an 8x8 average-pooled image, 64 features."""
+
+    def __init__(self):
+        self.w = torch.randn(3 * 8 * 8, 64, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, u8):
+        x = torch.nn.functional.adaptive_avg_pool2d(u8.float() / 255, 8).flatten(1)
+        return (x @ self.w,)
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    net = _CheapPool3()
+    monkeypatch.setattr(inc, "load_feature_extractor", lambda features=("2048",), device="cpu": net)
+    return net
+
+
 # ----------------------------------------------------------------------------- prompts
 
 
@@ -89,7 +109,7 @@ def test_coco_captions_and_named_sets(tmp_path):
 # ----------------------------------------------------------------------------- reference folders
 
 
-def test_folder_reference_streams_and_caches_by_files_sha256(tmp_path, cache, monkeypatch):
+def test_folder_reference_streams_and_caches_by_files_sha256(tmp_path, cache, monkeypatch, cheap_inception):
     x = _imgs(10, 1)
     folder = _write_folder(tmp_path / "ref", x)
     plain = _write_folder(tmp_path / "plain", x, manifest=False)
@@ -203,3 +223,105 @@ def test_fd_dino_missing_network_fails_in_one_line(tmp_path, monkeypatch):
         with pytest.raises(M.MissingNetwork) as e:
             resolve(model)
         assert "\n" not in str(e.value) and f"pcpo data fetch {M.FETCH_DINOV2}" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- evaluate_folder
+
+
+def _sample_folder(root, sets):
+    """A folder as pcpo sample writes it: sets = [(name, n_prompts, n_per_prompt, metrics, seed)]."""
+    (root / "images").mkdir(parents=True)
+    recs, info, k, g0 = [], {}, 0, 0
+    for name, n_prompts, npp, metrics, seed in sets:
+        x = M.to_uint8_rgb(_imgs(n_prompts * npp, seed))
+        for j, a in enumerate(x.numpy()):
+            f = f"images/{k:05d}.png"
+            Image.fromarray(a.transpose(1, 2, 0)).save(root / f)
+            recs.append({"file": f, "prompt": f"{name} prompt {j // npp}", "group": g0 + j // npp, "set": name,
+                         "metadata": {"prompt_index": j // npp, "sample_index": j % npp}})
+            k += 1
+        info[name] = {"source": "list", "n_prompts": n_prompts, "n_per_prompt": npp, "n_images": n_prompts * npp,
+                      "metrics": metrics}
+        g0 += n_prompts
+    (root / "manifest.json").write_text(json.dumps({"seed": 1, "prompt_sets": info, "images": recs}))
+    return root
+
+
+def test_evaluate_routes_metrics_to_prompt_sets_and_records_counts(tmp_path, cache, cheap_inception):
+    from evaluation.evaluate import evaluate_folder
+
+    samples = _sample_folder(tmp_path / "s", [("reward", 3, 2, ["reward"], 5), ("fid", 7, 1, ["fid", "kid"], 6)])
+    ref = _write_folder(tmp_path / "ref", _imgs(9, 7), name="ref9")
+    cfg = {"evaluation": {"reference": {"source": "folder", "path": str(ref)}}}
+    res = {bs: evaluate_folder(samples, cfg, rewards=["jpeg_compressibility"],
+                               metrics=["reward", "fid", "kid"], batch_size=bs)
+           for bs in (2, 64)}
+    m = res[64]["metrics"]
+    assert m["reward/jpeg_compressibility"]["n"] == 6 and m["reward/jpeg_compressibility"]["prompt_set"] == "reward"
+    assert m["fid"]["n"] == 7 and m["fid"]["prompt_set"] == "fid"
+    assert m["fid"]["reference"] == "ref9" and m["fid"]["reference_n"] == 9 and m["kid"]["n"] == 7
+    # FID on exactly the fid set's images against the folder, from an independent direct computation
+    fake = torch.stack([torch.from_numpy(np.array(Image.open(samples / f"images/{k:05d}.png"))).permute(2, 0, 1)
+                        for k in range(6, 13)])
+    want = M.fid_from_features(M.inception_features(fake), M.inception_features(M.load_uint8_rgb(M.folder_images(ref))))
+    assert m["fid"]["value"] == pytest.approx(want, rel=1e-4)
+    # streaming in chunks of 2 gives the same numbers (up to float32 batch rounding)
+    for k in m:
+        assert res[2]["metrics"][k]["value"] == pytest.approx(m[k]["value"], rel=1e-4, abs=1e-9), k
+    assert res[64]["device"] == "cpu"
+
+
+def test_missing_inception_classifier_fails_before_any_work(tmp_path, cache, monkeypatch):
+    from evaluation import evaluate as E
+
+    if inc.has_real_logits():
+        pytest.skip("torch-fidelity's Inception classifier is installed here")
+    samples = _sample_folder(tmp_path / "s", [("all", 2, 2, None, 1)])
+    ref = _write_folder(tmp_path / "ref", _imgs(4, 2))
+    cfg = {"evaluation": {"reference": {"source": "folder", "path": str(ref)}}}
+    for fn in ("inception_features", "folder_reference", "diversity"):
+        monkeypatch.setattr(M, fn, lambda *a, _fn=fn, **k: pytest.fail(f"{_fn} ran before the network check"))
+    with pytest.raises(M.MissingNetwork) as e:
+        E.evaluate_folder(samples, cfg, metrics=["fid", "kid", "diversity_inception", "is"])
+    assert "\n" not in str(e.value) and f"pcpo data fetch {M.FETCH_INCEPTION}" in str(e.value)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_fd_dino_and_aggregate_columns(tmp_path, cache, tiny_dino):
+    """pcpo evaluate --device cpu with fd_dino on a local DINOv2, then aggregate shows the metric and its counts."""
+    import subprocess
+
+    import pandas as pd
+
+    from evaluation.aggregate import aggregate
+    from tests.helpers import ROOT, pcpo_cmd
+
+    res = tmp_path / "results" / "x"
+    samples = _sample_folder(tmp_path / "s", [("all", 3, 2, None, 3)])
+    ref = _write_folder(tmp_path / "ref", _imgs(8, 4), name="ref8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({"evaluation": {"reference": {"source": "folder", "path": str(ref)},
+                                              "dino_model": tiny_dino}}))
+    out = res / "metrics" / "m" / "base.json"
+    r = subprocess.run(pcpo_cmd("evaluate", "--config", str(cfg), "--samples", str(samples), "--out", str(out),
+                                "--metric", "fd_dino", "--device", "cpu"),
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())["metrics"]
+    assert m["fd_dino"]["value"] > 0 and m["fd_dino"]["n"] == 6 and m["fd_dino"]["reference"] == "ref8"
+    assert m["fd_dino"]["sha256"] and "DINOv2" in m["fd_dino"]["network"]
+    aggregate(res, {"matrix": [{"model": "m", "rewards": ["r"]}]})
+    table = pd.read_csv(res / "tables" / "all_metrics.csv")
+    assert table.loc[0, "fd_dino"] == pytest.approx(m["fd_dino"]["value"])
+    assert table.loc[0, "fd_dino_n"] == 6 and table.loc[0, "fd_dino_ref"] == "ref8 (n=8)"
+    nets = pd.read_csv(res / "tables" / "networks.csv")
+    assert list(nets["metric"]) == ["fd_dino"] and list(nets["n"]) == [6] and "DINOv2" in nets.loc[0, "network"]
+    # a DINOv2 that is not there: one line, nothing written
+    cfg.write_text(json.dumps({"evaluation": {"reference": {"source": "folder", "path": str(ref)},
+                                              "dino_model": str(tmp_path / "no-dino")}}))
+    out2 = tmp_path / "none.json"
+    r = subprocess.run(pcpo_cmd("evaluate", "--config", str(cfg), "--samples", str(samples), "--out", str(out2),
+                                "--metric", "fd_dino"), capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not out2.exists()
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "pcpo data fetch dinov2-large" in errors[0]
