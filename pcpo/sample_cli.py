@@ -167,6 +167,30 @@ def _sample(args) -> int:
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
+    try:
+        records, set_info = _write_sets(tmp, resolved, adapter, args, sampler, steps, eta, noise, gscale, predict_fn)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    manifest = {
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "epoch": meta.get("epoch"), "algorithm": meta.get("algorithm"), "seed_train": meta.get("seed"),
+        "model": {"kind": kind, "path": path}, "sampler": sampler, "steps": steps, "eta": eta,
+        "noise_level": noise, "deterministic": bool(args.deterministic), "guidance_scale": gscale,
+        "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(use_ema),
+        "noise": "per image: sample_cli.image_noise(seed, index)", "prompt_sets": set_info,
+        "images": records,
+    }
+    atomic_write_json(tmp / "manifest.json", manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("wrote %d images to %s", len(records), out)
+    return 0
+
+
+def _write_sets(tmp: Path, resolved, adapter, args, sampler, steps, eta, noise, gscale, predict_fn):
+    """Sample every prompt set into ``tmp/images`` batch by batch; the manifest records."""
     records, set_info = [], {}
     k = group0 = 0
     for set_name, spec, prompts, npp in resolved:
@@ -184,26 +208,12 @@ def _sample(args) -> int:
                     rec["set"] = set_name
                 records.append(rec)
                 k += 1
-            del images
+            img = images = None  # a view keeps its batch alive: drop both before the next batch
         group0 += len(prompts)
         set_info[set_name] = {"source": spec.get("source"), "path": spec.get("path"), "count": spec.get("count"),
                               "seed": spec.get("seed"), "n_prompts": len(prompts), "n_per_prompt": npp,
                               "n_images": k - first, "metrics": spec.get("metrics")}
-    manifest = {
-        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-        "epoch": meta.get("epoch"), "algorithm": meta.get("algorithm"), "seed_train": meta.get("seed"),
-        "model": {"kind": kind, "path": path}, "sampler": sampler, "steps": steps, "eta": eta,
-        "noise_level": noise, "deterministic": bool(args.deterministic), "guidance_scale": gscale,
-        "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(use_ema),
-        "noise": "per image: sample_cli.image_noise(seed, index)", "prompt_sets": set_info,
-        "images": records,
-    }
-    atomic_write_json(tmp / "manifest.json", manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    log.info("wrote %d images to %s", len(records), out)
-    return 0
+    return records, set_info
 
 
 def _raw_evaluation(config) -> dict:

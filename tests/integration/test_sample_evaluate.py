@@ -130,7 +130,7 @@ def test_sample_reads_held_out_prompt_sets(trained, tmp_path):
         "reward": {"source": "file", "path": str(test), "count": 3, "seed": 0, "metrics": ["reward"]},
         "fid": {"source": "list", "prompts": ["the digit 1", "the digit 2"], "n_per_prompt": 1, "metrics": ["fid"]}}}
     cfgfile = tmp_path / "cfg.yaml"
-    cfgfile.write_text(yaml.safe_dump(cfg))
+    cfgfile.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the sets are sampled in the file's order
     out = tmp_path / "sets"
     r = subprocess.run(pcpo_cmd("sample", "--config", str(cfgfile), "--out", str(out), "--n-per-prompt", "2",
                                 "--batch-size", "3", "--no-progress"), capture_output=True, text=True, cwd=ROOT)
