@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                                "--out", str(d), "--n-per-prompt", str(args.n_per_prompt), "--prompts-per-digit",
                                str(args.prompts_per_digit), "--deterministic", "--no-progress"], check=True)
         subprocess.run(pcpo + ["evaluate", "--config", str(cfg), "--samples", str(d), "--out", str(d) + ".json",
-                               "--metric", "reward", "--metric", "fid", "--metric", "kid", "--metric", "diversity"],
+                               "--metric", "reward", "--metric", "fid", "--metric", "kid", "--metric", "diversity_inception"],
                        check=True)
         m = pd.read_json(str(d) + ".json", typ="series")["metrics"]
         row = {"lambda": lam}
