@@ -15,7 +15,7 @@ rule evaluate:
         samples=lambda w: f"{RESULTS}/samples/{w.path}",
         cfg=CONFIGFILE,
         flags=eval_flags(),
-        settings=lambda w: settings("reward_options", ev={k: v for k, v in EVAL.items() if k in ("metrics", "rewards", "reference")}),
+        settings=lambda w: settings("reward_options", ev={k: v for k, v in EVAL.items() if k in ("metrics", "rewards", "reference", "prompts", "dino_model")}),
     conda:
         "../envs/pcpo.yaml"
     threads: cpus("evaluate")

@@ -16,7 +16,7 @@ rule sample_base:
         kind=lambda w: base_model(w.model)["kind"],
         path=lambda w: base_model_path(w.model),
         flags=sample_flags(),
-        settings=lambda w: settings("prompts", "sampling"),
+        settings=lambda w: settings("prompts", "sampling", eval_prompts=EVAL.get("prompts")),
     conda:
         "../envs/pcpo.yaml"
     threads: cpus("sample")
@@ -41,7 +41,7 @@ rule sample:
         ckpt=lambda w: f"{run_dir(w)}/checkpoints/epoch_{int(w.epoch):06d}",
         cfg=CONFIGFILE,
         flags=sample_flags(),
-        settings=lambda w: settings("prompts", "sampling"),
+        settings=lambda w: settings("prompts", "sampling", eval_prompts=EVAL.get("prompts")),
     conda:
         "../envs/pcpo.yaml"
     threads: cpus("sample")
