@@ -135,8 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         # a missing model folder, checkpoint or weights file: the loaders' messages name the
         # field and the fix (pcpo.models.tiny.read_model_json, pcpo.models.sd.ModelLoadError)
         msg = str(e).strip()
-        if isinstance(e, FileNotFoundError) or type(e).__name__ == "ModelLoadError":
+        if isinstance(e, FileNotFoundError) or type(e).__name__ == "ModelLoadError" or getattr(e, "user_facing", False):
             print(f"pcpo {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+        from pcpo.utils import disk_full
+
+        if disk_full(e):  # a write outside the trainer's own handling (sample, evaluate ...)
+            print(f"pcpo {args.command}: error: No space left on device while writing {e.filename or 'the output'}; "
+                  "free space and rerun", file=sys.stderr)
             return 2
         raise
     except (ValueError, KeyError) as e:
