@@ -154,7 +154,8 @@ def write_checkpoint(run_dir: Path, epoch: int, meta: dict, trainable: dict, sta
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(e):
             good = latest_checkpoint(run_dir)
-            raise DiskFullError(current, good) from None
+            # name the file as it would have been called (the temporary folder is gone)
+            raise DiskFullError(final / current.name if current.parent == tmp else current, good) from None
         raise
     return final
 

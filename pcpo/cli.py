@@ -156,4 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m pcpo.cli` runs this file as __main__, a second copy of the module: run the
+    # importable pcpo.cli's main, so the UserError that subcommands import is the one caught
+    from pcpo.cli import main as _main
+
+    sys.exit(_main())

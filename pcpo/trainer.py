@@ -170,7 +170,11 @@ class Trainer:
         self.out = Path(out_dir)
         self.progress = progress
         self.fw = resolve_framework(cfg, algorithm)
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._unlock()  # a refused or failed setup leaves the folder free (and the lock file empty)
+            raise
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -203,7 +207,8 @@ class Trainer:
         self.fw = resolve_framework(cfg, self.name, self.model.family)
         self._refuse_zero_advantage(self.fw)
         mdtype = DTYPES[cfg.model.dtype]
-        self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
+        with _quiet_empty_fp32_warning():
+            self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
         den = self.model.denoiser
         den.requires_grad_(False)
         self.lora = cfg.lora.enabled
@@ -1097,6 +1102,26 @@ class Trainer:
             "grad_share": (gshare / total).tolist(),
             "count_by_step": cnt.tolist(),
         }
+
+
+class _EmptyFp32Filter(logging.Filter):
+    """diffusers warns that the modules to keep in float32 are ``[]`` (none) on every ``.to``: noise
+    in front of the one line a failing command prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("There are modules in") and "kept in float32: []" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_empty_fp32_warning():
+    lg = logging.getLogger("diffusers.models.modeling_utils")
+    f = _EmptyFp32Filter()
+    lg.addFilter(f)
+    try:
+        yield
+    finally:
+        lg.removeFilter(f)
 
 
 def _mean(xs) -> float:

@@ -49,14 +49,14 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-#: fault injection for the tests: a file whose name contains this string "runs out of space"
-#: when written (checkpoints and atomic writes); unset in normal use
+#: fault injection for the tests: a file whose path contains this string "runs out of space"
+#: when written (checkpoint files and atomic writes); unset in normal use
 FAULT_DISK_FULL_ENV = "PCPO_FAULT_DISK_FULL"
 
 
 def inject_disk_full(path: str | os.PathLike) -> None:
     what = os.environ.get(FAULT_DISK_FULL_ENV)
-    if what and what in Path(path).name:
+    if what and what in str(path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
