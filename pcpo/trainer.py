@@ -200,6 +200,10 @@ class Trainer:
         family = STATIC_FAMILIES.get(cfg.model.kind)
         self._refuse_zero_advantage(resolve_framework(cfg, self.name, family) if family else self.fw)
         self.reward_fn = self._build_reward()
+        if getattr(self.reward_fn, "constant", False):  # a reward may declare that it cannot tell samples apart
+            raise ConfigError(f"reward.name: the reward {cfg.reward.name!r} (with these reward.options) gives every "
+                              "sample the same value, so every advantage would be 0 and nothing would be learned; "
+                              "choose a reward that depends on the image")
         self._probe_reward()
         torch.manual_seed(self.seed)  # LoRA init
 

@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -63,9 +64,12 @@ def _train_args(cfg: Path, out: Path, *sets: str, algorithm: str = "dancegrpo", 
     return args
 
 
-def one_line(r: subprocess.CompletedProcess, *needles: str) -> str:
-    """The command failed with exactly one non-empty stderr line holding every needle."""
+def one_line(r: subprocess.CompletedProcess, *needles: str, progress_log: bool = False) -> str:
+    """The command failed with exactly one non-empty stderr line holding every needle (with
+    ``progress_log``, a run that had got going may have logged its INFO progress lines before)."""
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    if progress_log:
+        lines = [ln for ln in lines if not re.match(r"^\d\d:\d\d:\d\d INFO pcpo\.", ln)]
     assert r.returncode != 0, r.stderr
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert len(lines) == 1, r.stderr[-3000:]
@@ -194,7 +198,7 @@ def test_disk_full_while_saving_is_one_line_and_the_run_resumes(world, tmp_path)
     out = tmp_path / "run"
     r = _cli(*_train_args(world["cfg"], out), env=_env(PCPO_FAULT_DISK_FULL="epoch_000001"))
     one_line(r, "No space left on device while writing", str(out / "checkpoints" / "epoch_000001"),
-             "free space and rerun", f"resumes from {out / 'checkpoints' / 'epoch_000000'}")
+             "free space and rerun", f"resumes from {out / 'checkpoints' / 'epoch_000000'}", progress_log=True)
     _no_half_written(out)
     assert sorted(d.name for d in (out / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
     assert not (out / "DONE").exists()
@@ -364,3 +368,48 @@ def test_disk_full_is_recognised_through_the_libraries_wrappers():
         assert disk_full(e)
     assert disk_full(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
     assert not disk_full(RuntimeError("unexpected pos 576 vs 534"))
+
+
+def test_output_lock_for_sample_and_evaluate_outputs(tmp_path):
+    """The one-call lock `pcpo sample`/`pcpo evaluate` take on their --out: a second holder fails
+    naming the first's PID and host; it is free again once the first exits, however it exits."""
+    import sys
+
+    from pcpo.runlock import RunLockedError, lock_output, release
+
+    target = tmp_path / "samples"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pcpo.runlock import lock_output; "
+                               f"lock_output({str(target)!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"^--out: {re.escape(str(target))} is in use by PID {holder.pid} "
+                                                 rf"on host {re.escape(socket.gethostname())}"):
+            lock_output(target)
+    finally:
+        holder.kill()
+        holder.wait()
+    lk = lock_output(target)  # the kernel dropped the dead holder's lock
+    assert json.loads((tmp_path / ".samples.lock").read_text())["pid"] == os.getpid()
+    release(lk)
+    assert (tmp_path / ".samples.lock").read_text() == ""
+
+
+def test_a_reward_declared_constant_is_refused_before_the_model_loads(world, tmp_path):
+    import torch
+
+    from pcpo.config import ConfigError, load_config
+    from pcpo.rewards import REWARDS
+    from pcpo.trainer import Trainer
+
+    def factory(**_):
+        def fn(images, prompts, metadata):
+            return torch.zeros(len(images)), {}
+        fn.constant = True
+        return fn
+
+    REWARDS.register("zz_declared_constant", factory, overwrite=True)
+    cfg = load_config(world["cfg"], {"reward": {"name": "zz_declared_constant"}, "model": {"path": NO_MODEL}})
+    with pytest.raises(ConfigError, match=r"^reward\.name: the reward 'zz_declared_constant'.*every advantage would be 0"):
+        Trainer(cfg, "dancegrpo", 0, tmp_path / "o", progress=False)
+    _nothing_written(tmp_path / "o")
