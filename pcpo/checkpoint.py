@@ -186,7 +186,7 @@ def verify_checkpoint(ckpt: Path, trainable_shapes: dict | None = None) -> tuple
         except Exception as e:  # safetensors raises its own error types for a truncated or garbled file
             raise CheckpointInvalid(f"{ckpt / n}: unreadable ({_short(e)})") from None
     try:
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
+        state = torch.load(ckpt / "state.pt", weights_only=False)
     except Exception as e:  # truncated zip, unpickling error ...
         raise CheckpointInvalid(f"{ckpt / 'state.pt'}: unreadable ({_short(e)})") from None
     if not isinstance(state, dict) or state.get("epoch") != meta["epoch"]:

@@ -31,11 +31,9 @@ from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict, recomputes_old_logprobs
 from pcpo.credit import CreditPlan, plan_credit
-from pcpo.models import load_model
 from pcpo.noise_schedules import schedule_levels, stochastic_count
 from pcpo.objectives import OBJECTIVES, Objective, StepContext, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
-from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
 from pcpo.rollout_hooks import make_hook
 from pcpo.trained_steps import select_steps, trained_step_count
