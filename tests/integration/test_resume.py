@@ -86,7 +86,6 @@ def _truncate(f: Path) -> None:
     f.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["state.pt", "trainable.safetensors", "checkpoint.json"])
 def test_truncated_newest_checkpoint_resumes_from_the_previous_one(reference, tmp_path, caplog, victim):
     cfg, full = reference
@@ -106,7 +105,6 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(reference, tm
     assert (kept[0] / victim).read_bytes() != (full / "checkpoints" / "epoch_000001" / victim).read_bytes()
 
 
-@pytest.mark.slow
 def test_missing_latest_resumes_from_the_newest_usable_checkpoint(reference, tmp_path, caplog):
     cfg, full = reference
     run = _interrupted_after(full, tmp_path / "run", 1)
