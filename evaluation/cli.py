@@ -54,6 +54,9 @@ def _evaluate(args) -> int:
     from evaluation.evaluate import evaluate_folder
     from pcpo.utils import atomic_write_json
 
+    from pcpo.runlock import lock_output
+
+    lock_output(args.out)  # one writer per metrics file; a second evaluate of the same output fails in one line
     cfg = _load_yaml(args.config)
     device = resolve_device(args.device)
     log.info("evaluating %s on %s", args.samples, device)

@@ -221,8 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         # a missing model folder, checkpoint or weights file: the loaders' messages name the
         # field and the fix (pcpo.models.tiny.read_model_json, pcpo.models.sd.ModelLoadError)
         msg = str(e).strip()
-        if isinstance(e, FileNotFoundError) or type(e).__name__ == "ModelLoadError":
+        if isinstance(e, FileNotFoundError) or type(e).__name__ == "ModelLoadError" or getattr(e, "user_facing", False):
             print(f"pcpo {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+        from pcpo.utils import disk_full
+
+        if disk_full(e):  # a write outside the trainer's own handling (sample, evaluate ...)
+            print(f"pcpo {args.command}: error: No space left on device while writing {e.filename or 'the output'}; "
+                  "free space and rerun", file=sys.stderr)
             return 2
         raise
     except (ValueError, KeyError) as e:
@@ -236,4 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m pcpo.cli` runs this file as __main__, a second copy of the module: run the
+    # importable pcpo.cli's main, so the UserError that subcommands import is the one caught
+    from pcpo.cli import main as _main
+
+    sys.exit(_main())

@@ -261,8 +261,10 @@ SHARDING_MODES = ("none", "fsdp")
 
 
 def train_processes(raw: dict) -> int:
-    """The training processes an experiment file asks for (``resources.train_gpus``; 1 when unset)."""
-    return max(1, int((raw.get("resources") or {}).get("train_gpus", 1) or 1))
+    """The training processes an experiment file asks for (``resources.train``: nodes x gpus; 1 when unset)."""
+    from pcpo.launch import world_size
+
+    return world_size(raw.get("resources"))
 
 
 def recomputes_old_logprobs(mode: str, dtype: str, device_type: str) -> bool:

@@ -103,15 +103,17 @@ def sample_images(adapter, prompts: list[tuple[str, dict]], **kw):
 def _sample(args) -> int:
     import torch
 
-    from pcpo.checkpoint import load_policy, read_meta
+    from pcpo.checkpoint import load_base_model, load_policy, read_meta
     from pcpo.cli import UserError
     from pcpo.config import load_config
     from pcpo.guidance import ImplicitRewardGuidance
-    from pcpo.models import load_model
     from pcpo.prompts import evaluation_prompt_sets, prompt_set
     from pcpo.utils import atomic_write_json
 
     cfg = load_config(args.config) if args.config else None
+    from pcpo.runlock import lock_output
+
+    lock_output(args.out)  # one writer per output folder; a second one fails in one line
     # every prompt set is read (and checked) before any model loads
     evaluation = _raw_evaluation(args.config)
     single = isinstance(evaluation.get("prompts"), dict) and "source" in evaluation["prompts"]
@@ -139,7 +141,7 @@ def _sample(args) -> int:
             raise UserError("--irg-scale needs --checkpoint (the fine-tuned model guided against the base)")
         irg_specs.append(f"{args.checkpoint}:{args.irg_scale}")
     if irg_specs:
-        base = load_model(kind, path).to(device)
+        base = load_base_model(kind, path, "--model-path").to(device)
         models = []
         for spec in irg_specs:
             ck, _, lam = spec.rpartition(":")
@@ -152,7 +154,7 @@ def _sample(args) -> int:
         adapter = load_policy(args.checkpoint, device, use_ema=use_ema, model_path=args.model_path)
         predict_fn = None
     else:
-        adapter = load_model(kind, path).to(device)
+        adapter = load_base_model(kind, path, "--model-path").to(device)
         predict_fn = None
 
     fam = adapter.family

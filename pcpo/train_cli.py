@@ -21,14 +21,19 @@ def parse_sets(items: list[str] | None) -> dict:
         for p in parts[:-1]:
             cur[p] = {}
             cur = cur[p]
-        cur[parts[-1]] = yaml.safe_load(val)
+        try:
+            cur[parts[-1]] = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"--set {key}: the value {val!r} is not valid YAML ({what}); quote it "
+                              f"(--set '{key}=\"...\"') or fix the brackets") from None
         out = deep_merge(out, node)
     return out
 
 
 def _train(args) -> int:
     from pcpo.config import load_config
-    from pcpo.trainer import Trainer, TrainingError
+    from pcpo.trainer import RunStopped, Trainer, TrainingError
 
     cfg = load_config(args.config, parse_sets(args.set))
     try:
@@ -43,6 +48,8 @@ def _train(args) -> int:
 
         print(f"pcpo train: training stopped: {e}", file=sys.stderr)
         return 3
+    except RunStopped as e:  # SIGTERM/SIGINT: the trainer logged where a rerun resumes
+        return e.code
     return 0
 
 
@@ -50,7 +57,17 @@ def _algorithms(args) -> int:
     from pcpo.algorithms import algorithm_names, get_algorithm
 
     if args.show:
+        import difflib
+
+        from pcpo.cli import UserError
         from pcpo.recipes import render_card
+
+        names = algorithm_names()
+        if args.show not in names:
+            close = difflib.get_close_matches(args.show, names, n=4, cutoff=0.5) or \
+                [n for n in names if args.show.lower() in n.lower()][:4]
+            raise UserError(f"--show: unknown algorithm {args.show!r}; "
+                            f"{'did you mean ' + ', '.join(close) + '? ' if close else ''}`pcpo algorithms` lists all")
 
         print(render_card(args.show), end="")
         return 0

@@ -31,15 +31,13 @@ from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
 from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict, recomputes_old_logprobs
 from pcpo.credit import install_policy_mix, plan_for_run, plan_summary
-from pcpo.models import load_model
 from pcpo.noise_schedules import schedule_levels, stochastic_count
 from pcpo.objectives import OBJECTIVES, Objective, StepContext, approx_kl, outside_clip_range, step_kl
 from pcpo.prompts import get_prompts
-from pcpo.rewards import get_reward
 from pcpo.rollout import Trajectory, rollout
 from pcpo.rollout_hooks import make_hook
 from pcpo.trained_steps import select_steps, trained_step_count
-from pcpo.utils import atomic_write_json, atomic_write_text
+from pcpo.utils import atomic_write_json, atomic_write_text, disk_full
 
 log = logging.getLogger("pcpo.train")
 
@@ -48,6 +46,47 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class TrainingError(RuntimeError):
     """Training cannot go on (disagreeing rollout, non-finite loss ...)."""
+
+
+class RunStopped(Exception):
+    """The run was stopped by a signal (SIGTERM from Slurm or a person, SIGINT); the message says
+    the epoch it stopped in and the checkpoint a rerun resumes from.  ``code`` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.code = 128 + int(signum)
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+#: model kind -> family for the adapters shipped here, to check an algorithm before loading a model
+STATIC_FAMILIES = {"tiny-eps": "ddim", "tiny-flow": "flow", "sd1": "ddim", "flux": "flow", "sd3": "flow"}
+
+#: config fields that may change between a run and its resume (where files are, how much to log, how
+#: long to run, the rollout micro-batch); every other field of config.json must match the checkpoint's
+RESUMABLE_CHANGES = {"train.epochs", "train.checkpoint_every", "train.tensorboard", "train.device",
+                     "train.deterministic_kernels", "train.logratio_tolerance", "train.sharding",
+                     "sampling.batch_size", "model.gradient_checkpointing"}
+
+
+def identity_config(cfg: TrainingConfig) -> dict:
+    """The flattened config fields a checkpoint must agree on to be resumed (see RESUMABLE_CHANGES;
+    paths are left out too: a folder may be moved or named relatively)."""
+    flat: dict = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                walk(v, key + ".")
+            elif key not in RESUMABLE_CHANGES and not (k == "path" or k.endswith("_path")):
+                flat[key] = v
+
+    walk(json.loads(json.dumps(config_to_dict(cfg), default=str)), "")
+    return flat
 
 
 def resolve_framework(cfg: TrainingConfig, name: str, family: str | None = None) -> Framework:
@@ -129,7 +168,11 @@ class Trainer:
         self.out = Path(out_dir)
         self.progress = progress
         self.fw = resolve_framework(cfg, algorithm)
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._unlock()  # a refused or failed setup leaves the folder free (and the lock file empty)
+            raise
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -149,12 +192,25 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         batch_arithmetic(cfg, self.world, cfg.sampling.steps, 1)  # fail on the split before loading anything
+        # one writer per run folder, decided before any model loads or anything is written
+        self._lock_out()
+        self.prompts = self._load_prompts()
+        family = STATIC_FAMILIES.get(cfg.model.kind)
+        self._refuse_zero_advantage(resolve_framework(cfg, self.name, family) if family else self.fw)
+        self.reward_fn = self._build_reward()
+        if getattr(self.reward_fn, "constant", False):  # a reward may declare that it cannot tell samples apart
+            raise ConfigError(f"reward.name: the reward {cfg.reward.name!r} (with these reward.options) gives every "
+                              "sample the same value, so every advantage would be 0 and nothing would be learned; "
+                              "choose a reward that depends on the image")
+        self._probe_reward()
         torch.manual_seed(self.seed)  # LoRA init
 
-        self.model = load_model(cfg.model.kind, cfg.model.path, **cfg.model.options)
+        self.model = ck.load_base_model(cfg.model.kind, cfg.model.path, **cfg.model.options)
         self.fw = resolve_framework(cfg, self.name, self.model.family)
+        self._refuse_zero_advantage(self.fw)
         mdtype = DTYPES[cfg.model.dtype]
-        self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
+        with _quiet_empty_fp32_warning():
+            self.model.to(self.acc.device, None if mdtype == torch.float32 else mdtype)
         den = self.model.denoiser
         den.requires_grad_(False)
         self.lora = cfg.lora.enabled
@@ -215,10 +271,6 @@ class Trainer:
         self.global_step = 0  # optimizer steps since the start of the run
         self.ema = [p.detach().clone() for p in self.params] if self.st.ema_decay is not None else None
         self.objective = Objective(self.fw.objective, self.fw.objective_form, self.st.clip_range)
-        self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.options)
-        self.prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
-        if not self.prompts:
-            raise ConfigError("prompts: the prompt source returned no prompts")
         # the framework's advantage estimator (pcpo.advantages registry); its state, if any, is checkpointed
         self.tracker = ADVANTAGES.get(self.fw.advantage, "advantage")(**self.fw.advantage_options)
         base = self.seed * 1_000_003 + 17
@@ -233,6 +285,113 @@ class Trainer:
         self.tb = None
         # the framework's rollout hook, built last: it may copy the trainable weights (pcpo.rollout_hooks)
         self.hook = make_hook(self.fw.rollout_hook, self, self.fw.rollout_hook_options)
+
+    # ------------------------------------------------------------ pre-checks
+    def _lock_out(self) -> None:
+        """Rank 0 takes ``<out>/.lock`` (exclusive ``flock``, held until the run ends or the process
+        dies); every rank learns the outcome, so a second job fails on all its processes at once."""
+        from pcpo import runlock
+
+        err = None
+        self.lock = None
+        if self.acc.is_main_process:
+            try:
+                self.lock = runlock.lock_run_folder(self.out)
+                removed = ck.clean_stale_temp(self.out)
+                if removed:
+                    log.info("removed %d half-written checkpoint folder(s) of an earlier, stopped writer: %s",
+                             len(removed), ", ".join(d.name for d in removed))
+            except (runlock.RunLockedError, runlock.OutputNotWritableError) as e:
+                err = e
+            except OSError as e:
+                err = runlock.not_writable(self.out, e)
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            msg = broadcast_object_list([str(err) if err is not None else None], from_process=0)[0]
+            if msg is not None and err is None:
+                err = runlock.RunLockedError(msg)
+        if err is not None:
+            raise err
+
+    def _unlock(self) -> None:
+        if getattr(self, "lock", None) is not None:
+            from pcpo import runlock
+
+            runlock.release(self.lock)
+            self.lock = None
+
+    def _load_prompts(self) -> list:
+        cfg = self.cfg
+        try:
+            prompts = get_prompts(cfg.prompts.source, cfg.prompts.options)
+        except UnicodeDecodeError as e:
+            path = (cfg.prompts.options or {}).get("path", "the prompt file")
+            raise ConfigError(f"prompts.options.path: {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                              f"offset {e.start}); give a text file with one prompt per line") from None
+        if not prompts:
+            raise ConfigError("prompts: the prompt source returned no prompts")
+        return prompts
+
+    def _refuse_zero_advantage(self, fw: Framework) -> None:
+        """A run whose advantages are all zero by construction trains nothing while looking like a
+        result: refuse it here, before any model loads (the estimator declares the rule)."""
+        from pcpo.advantages import BatchShape, zero_advantage_reason
+
+        t = self.cfg.train
+        shape = BatchShape(algorithm=self.name, group_size=t.group_size, groups=t.prompts_per_epoch,
+                           prompt_draw=fw.prompt_draw, epochs=t.epochs,
+                           distinct_prompts=len({p for p, _ in self.prompts}))
+        why = zero_advantage_reason(fw.advantage, fw.advantage_options, shape)
+        if why:
+            raise ConfigError(why)
+
+    def _build_reward(self):
+        import inspect
+
+        from pcpo.rewards import REWARDS, get_reward, reward_names
+
+        name, options = self.cfg.reward.name, dict(self.cfg.reward.options or {})
+        reward_names()  # the built-in rewards registered
+        if name in REWARDS:
+            factory = REWARDS.get(name)
+            try:
+                sig = inspect.signature(factory)
+            except (TypeError, ValueError):
+                sig = None
+            if sig is not None:
+                try:
+                    sig.bind(**options)
+                except TypeError:
+                    takes = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                    bad = [k for k in options if k not in takes] or sorted(options)
+                    raise ConfigError(
+                        f"reward.options.{bad[0]}: the reward {name!r} takes no option {bad[0]!r}; it accepts "
+                        f"{', '.join(takes) if takes else 'no options'}") from None
+        return get_reward(name, **options)
+
+    def _probe_reward(self) -> None:
+        """Check, before the first rollout, that the reward can read every training prompt, so a
+        prompt it cannot score fails now in one line instead of after a full rollout.  A reward
+        function states what it needs with a ``check_prompts(prompts, metadata)`` attribute that
+        raises ValueError; the tiny world's digit_alignment needs a digit in each prompt."""
+        check = getattr(self.reward_fn, "check_prompts", None)
+        if check is None and self.cfg.reward.name == "digit_alignment":
+            from pcpo.rewards.tiny import prompted_digits
+
+            def check(prompts, metadata):
+                prompted_digits(prompts, metadata, "digit_alignment")
+        if check is None:
+            return
+        seen: dict = {}
+        for p, m in self.prompts:
+            seen.setdefault(p, m)
+        try:
+            check(list(seen), [dict(m) for m in seen.values()])
+        except (ValueError, KeyError) as e:
+            msg = e.args[0] if e.args else str(e)
+            raise ConfigError(f"prompts: the reward {self.cfg.reward.name!r} cannot score these prompts ({msg}); "
+                              "use prompts it understands (prompts.source/options) or another reward.name") from None
 
     def _epoch_streams(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
         """The prompt and rollout-noise generators of ``epoch``: a function of (seed, epoch) only,
@@ -321,6 +480,8 @@ class Trainer:
             "sampler": self.st.sampler, "sampling_steps": self.cfg.sampling.steps,
             "guidance_scale": self.st.guidance_scale, "eta": self.st.eta, "noise_level": self.st.noise_level,
             "framework": self.fw.summary(),
+            # what a resume must agree on (Trainer.try_resume)
+            "identity": {"config": identity_config(self.cfg)},
         }
 
     def gather_sharded(self) -> dict | None:
@@ -351,6 +512,7 @@ class Trainer:
                 ema = {k: full.get(k, v) for k, v in trainable.items()} if not self.lora else self._ema_lora(den)
         state["sharding"] = "fsdp" if self.sharded else "none"
         path = ck.write_checkpoint(self.out, epoch, self._meta(epoch), trainable, state, ema)
+        self.last_checkpoint = path
         log.info("checkpoint written: %s", path)
         return path
 
@@ -365,25 +527,55 @@ class Trainer:
                 p.copy_(b)
         return sd
 
-    def try_resume(self) -> bool:
-        last = ck.latest_checkpoint(self.out)
-        if last is None:
-            return False
-        meta = ck.read_meta(last)
+    def _check_identity(self, meta: dict, ckpt: Path) -> None:
+        """A checkpoint of another run (algorithm, seed or config) is never resumed: refuse, naming it."""
         if meta["algorithm"] != self.name or meta["seed"] != self.seed:
             raise ConfigError(f"--out: {self.out} holds a run of {meta['algorithm']} seed {meta['seed']}; "
                               "use another output folder")
+        theirs = (meta.get("identity") or {}).get("config")
+        if theirs is None:  # written before checkpoints recorded their config
+            return
+        mine = identity_config(self.cfg)
+        for key in sorted(set(theirs) | set(mine)):
+            if theirs.get(key, "(unset)") != mine.get(key, "(unset)"):
+                raise ConfigError(f"{key}: {ckpt} was written with {theirs.get(key, '(unset)')!r}, this run has "
+                                  f"{mine.get(key, '(unset)')!r}; resume with the run's own config or use another "
+                                  "--out")
+
+    def try_resume(self) -> bool:
+        """Resume from the newest checkpoint that verifies (pcpo.checkpoint.verify_checkpoint), trying
+        them newest first; an unreadable one is logged and skipped (kept on disk)."""
         den = self.acc.unwrap_model(self.model.denoiser)
-        st = torch.load(last / "state.pt", weights_only=False)
+        shapes = None if self.sharded else {k: tuple(v.shape) for k, v in ck.trainable_state(den, self.lora).items()}
+        cands = ck.resume_candidates(self.out)
+        if (self.out / "checkpoints").is_dir() and not (self.out / "checkpoints" / "latest").is_file() and cands:
+            log.warning("%s is missing; looking for the newest usable checkpoint among %d folder(s)",
+                        self.out / "checkpoints" / "latest", len(cands))
+        for last in cands:
+            try:
+                meta, st, trainable, _ = ck.verify_checkpoint(last, shapes)
+            except ck.CheckpointInvalid as e:
+                log.warning("skipping checkpoint %s: %s; it is kept, and an earlier one is tried", last.name, e)
+                continue
+            self._check_identity(meta, last)
+            self._restore(last, st, trainable)
+            return True
+        if cands:
+            log.warning("no usable checkpoint in %s (%d tried, all unreadable): starting from epoch 0",
+                        self.out / "checkpoints", len(cands))
+        return False
+
+    def _restore(self, last: Path, st: dict, trainable: dict) -> None:
+        den = self.acc.unwrap_model(self.model.denoiser)
         written = st.get("sharding", "none")
         if written != ("fsdp" if self.sharded else "none"):
             raise ConfigError(f"--out: {last} was written with train.sharding: {written} over "
                               f"{len(st.get('rank_rng') or [0])} processes; resume it the same way")
         if self.sharded:
-            sharding.load_full_model_state(den, ck.load_trainable(last))
+            sharding.load_full_model_state(den, trainable)
             sharding.load_full_optimizer_state(den, self.opt, st["optimizer"])
         else:
-            ck.apply_trainable(den, ck.load_trainable(last), self.lora)
+            ck.apply_trainable(den, trainable, self.lora)
             self.opt.load_state_dict(st["optimizer"])
         self.gen_prompt.set_state(st["gen_prompt"])
         self.gen_rollout.set_state(st["gen_rollout"])
@@ -408,11 +600,68 @@ class Trainer:
         self.start_epoch = st["epoch"] + 1
         self.rows = [r for r in st["rows"] if int(r["epoch"]) <= st["epoch"]]
         self.audit = [r for r in st["audit"] if int(r["epoch"]) <= st["epoch"]]
+        self.last_checkpoint = last
         log.info("resuming from %s (next epoch %d)", last, self.start_epoch)
-        return True
 
     # -------------------------------------------------------------------- loop
     def run(self) -> Path:
+        """Train to ``train.epochs``, resuming from the newest usable checkpoint.  SIGTERM/SIGINT stop
+        it with a log line saying where a rerun resumes (:class:`RunStopped`); a full disk raises
+        :class:`pcpo.checkpoint.DiskFullError` naming the file.  The run folder's lock is released
+        at the end."""
+        import threading
+
+        self.last_checkpoint = getattr(self, "last_checkpoint", None)
+        self._epoch_now = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                raise _Signalled(signum)
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, stop)
+        try:
+            return self._run()
+        except _Signalled as e:
+            name = signal.Signals(e.signum).name
+            for sig in previous:  # a second signal while cleaning up: the default action
+                signal.signal(sig, signal.SIG_DFL)
+            last = self.last_checkpoint or ck.latest_checkpoint(self.out)
+            where = (f"rerun the same command to resume from {last} (epoch {int(last.name.split('_')[-1])})"
+                     if last is not None else "no checkpoint was written yet: a rerun starts at epoch 0")
+            at = f"in epoch {self._epoch_now}" if self._epoch_now is not None else "before the first epoch"
+            msg = f"stopped by {name} {at}; {where}"
+            log.warning(msg)
+            raise RunStopped(msg, e.signum) from None
+        except ck.DiskFullError:
+            raise
+        except (OSError, RuntimeError) as e:
+            if not disk_full(e):
+                raise
+            path = getattr(e, "filename", None) or self.out
+            raise ck.DiskFullError(path, self.last_checkpoint or ck.latest_checkpoint(self.out)) from None
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            self._unlock()
+
+    def _summary(self) -> dict:
+        zero = sum(1 for r in self.rows if int(r.get("zero_grad", 0) or 0))
+        return {"epochs": self.cfg.train.epochs, "zero_grad_epochs": zero}
+
+    def _finish(self) -> None:
+        """DONE with the run summary; a run that never had a gradient says so loudly."""
+        summary = self._summary()
+        atomic_write_text(self.out / "DONE", json.dumps(summary) + "\n")
+        n, z = len(self.rows), summary["zero_grad_epochs"]
+        if n and z == n:
+            log.warning("every one of the %d epochs had a zero gradient (all advantages 0 or a flat objective): this "
+                        "run did not train, its checkpoints are the base model; see adv_abs_mean and grad_norm in %s",
+                        n, self.out / "metrics.csv")
+        elif z:
+            log.info("%d of %d epochs had a zero gradient (column zero_grad of metrics.csv)", z, n)
+
+    def _run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
         if self.acc.is_main_process:
@@ -438,13 +687,14 @@ class Trainer:
             log.info("run already complete (%d epochs); rewriting its logs", epochs)
             if self.acc.is_main_process and self.rows:
                 self._write_logs(self.rows[-1])
-                atomic_write_text(self.out / "DONE", json.dumps({"epochs": epochs}) + "\n")
+                self._finish()
             return self.out
         from tqdm.auto import tqdm
 
         bar = tqdm(range(self.start_epoch, epochs), desc=f"{self.name} s{self.seed}", initial=self.start_epoch,
                    total=epochs, disable=not self.progress or not self.acc.is_main_process)
         for epoch in bar:
+            self._epoch_now = epoch
             row, audit = self.epoch(epoch)
             self.rows.append(row)
             self.audit.extend(audit)
@@ -460,10 +710,13 @@ class Trainer:
             if ckpt and self.world > 1:
                 self.acc.wait_for_everyone()
             if fault is not None and int(fault) == epoch:
-                log.warning("PCPO_FAULT_AFTER_EPOCH=%s: killing this process to simulate a crash", fault)
-                os.kill(os.getpid(), signal.SIGKILL)
+                sig = getattr(signal, os.environ.get("PCPO_FAULT_SIGNAL", "SIGKILL"))
+                log.warning("PCPO_FAULT_AFTER_EPOCH=%s: sending this process %s to simulate a crash or a stop",
+                            fault, sig.name)
+                os.kill(os.getpid(), sig)
+        self._epoch_now = None
         if self.acc.is_main_process:
-            atomic_write_text(self.out / "DONE", json.dumps({"epochs": epochs}) + "\n")
+            self._finish()
         return self.out
 
     def _objective_weight(self) -> dict:
@@ -559,7 +812,11 @@ class Trainer:
             self._phase = "hook"
             traj = self.hook.after_rollout(self, traj, epoch)
         t1 = time.perf_counter()
-        rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
+        try:
+            rewards, info = self.reward_fn(traj.images, traj.prompts, traj.metadata)
+        except (ValueError, KeyError) as e:
+            raise TrainingError(f"epoch {epoch}: the reward {self.cfg.reward.name!r} failed on this epoch's samples "
+                                f"({e.args[0] if e.args else e}); check reward.name and the prompts") from None
         traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
         all_rewards = self.acc.gather(traj.rewards.to(self.acc.device)).cpu() if self.world > 1 else traj.rewards
         t2 = time.perf_counter()
@@ -576,6 +833,8 @@ class Trainer:
             "adv_abs_mean": float(all_adv.abs().mean()),
             **stats["scalars"], **self._forward_row(),
             "stochastic_steps": int(self.stochastic.sum()),
+            # 1: no optimizer step of this epoch had a gradient (all advantages 0, or a flat objective)
+            "zero_grad": int(stats["scalars"]["grad_norm"] == 0.0),
             "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_train": t3 - t2, "time_epoch": t3 - t0,
         }
         for k, v in (info or {}).items():
@@ -846,6 +1105,26 @@ class Trainer:
             "grad_share": (gshare / total).tolist(),
             "count_by_step": cnt.tolist(),
         }
+
+
+class _EmptyFp32Filter(logging.Filter):
+    """diffusers warns that the modules to keep in float32 are ``[]`` (none) on every ``.to``: noise
+    in front of the one line a failing command prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("There are modules in") and "kept in float32: []" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_empty_fp32_warning():
+    lg = logging.getLogger("diffusers.models.modeling_utils")
+    f = _EmptyFp32Filter()
+    lg.addFilter(f)
+    try:
+        yield
+    finally:
+        lg.removeFilter(f)
 
 
 def _mean(xs) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -24,11 +25,54 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
+        inject_disk_full(path)
+        fsync_path(tmp)  # the data reach the disk before the name does (a power cut leaves old or new)
         os.replace(tmp, path)
-    except BaseException:
+        fsync_path(path.parent)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if disk_full(e) and not (isinstance(e, OSError) and e.filename == str(path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         raise
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems cannot fsync a folder
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+#: fault injection for the tests: a file whose path contains this string "runs out of space"
+#: when written (checkpoint files and atomic writes); unset in normal use
+FAULT_DISK_FULL_ENV = "PCPO_FAULT_DISK_FULL"
+
+
+def inject_disk_full(path: str | os.PathLike) -> None:
+    what = os.environ.get(FAULT_DISK_FULL_ENV)
+    if what and what in str(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is a full disk or quota: an OSError
+    ENOSPC/EDQUOT, torch.save's RuntimeError over one, or safetensors' "os error 28"."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        msg = str(err)
+        if "No space left on device" in msg or "os error 28" in msg or "Disk quota exceeded" in msg:
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -52,7 +96,17 @@ def _json_default(o):
 
 def atomic_torch_save(obj, path) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch_save(obj, tmp)
+
+
+def torch_save(obj, path) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as the OSError (ENOSPC)
+    it is (saving to a path name reports only "unexpected pos")."""
+    inject_disk_full(path)
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def seed_everything(seed: int) -> None:
