@@ -23,14 +23,21 @@ import torch
 from pcpo.config import ConfigError
 from pcpo.models.base import ScheduleSpec
 from pcpo.rollout.grid import SamplerGrid, ddim_grid, make_grid
+from pcpo.rollout.steps import FLOW_STEP_FORMS
 
 #: the constant reshaped-sampler weight of the paper's reference configs
 DEFAULT_W_STAR = 4.5
 
 
 def native_weights(grid: SamplerGrid) -> torch.Tensor:
-    """w(t) = C(t) / sigma_t per step of ``grid`` (float64)."""
+    """w(t) = C(t) / sigma_t per step of ``grid`` (float64).
+
+    A registered flow step form with ``zero_std_steps`` (CPS: its last step is deterministic at
+    any noise level) gives those steps weight 0: they have no log-prob and are never trained."""
     w = grid.native_weight
+    name = grid.sampler[len("flow-"):]
+    if grid.family == "flow" and name in FLOW_STEP_FORMS and FLOW_STEP_FORMS.get(name).zero_std_steps:
+        w = torch.where(grid.std > 0, w, torch.zeros_like(w))
     if not torch.isfinite(w).all():
         bad = [int(i) for i in torch.nonzero(~torch.isfinite(w)).flatten()]
         raise ValueError(
@@ -137,6 +144,7 @@ def plan_credit(
         return CreditPlan(grid, native_grid, native, torch.full_like(native, float(w_bar)), True)
     zeta = native.sum()
     ds = native_grid.timesteps - native_grid.next_timesteps
+    ds = torch.where(native > 0, ds, torch.zeros_like(ds))  # steps without a log-prob get no credit
     return CreditPlan(native_grid, native_grid, native, zeta * ds / ds.sum(), True)
 
 
