@@ -155,3 +155,74 @@ def test_pcpo_variants_exist_for_cps_and_flow_dppo():
     for n in ("cps", "flow_dppo"):
         fw = get_algorithm(f"pcpo-{n}")
         assert fw.objective == "log_hinge" and fw.base == n and fw.samplers == get_algorithm(n).samplers
+
+
+# ------------------------------------------------------------------ AWM
+
+def _ref_awm_log_prob(v, eps, x0, t, power=0.25):
+    """compute_log_prob_awm with weighting 'ghuber', written out again (float64)."""
+    lp = -((v - (eps - x0)) ** 2)
+    lp = lp.mean(dim=tuple(range(1, lp.ndim)))
+    return -(torch.pow(-lp + 1e-10, power) - torch.pow(torch.tensor(1e-10, dtype=F64), power)) * t / power
+
+
+def _awm_ctx(v, x0, eps, t, adv, old_pred, grid, idx, options=None):
+    from pcpo.objectives import StepContext
+
+    xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+    return StepContext(torch.zeros(len(adv), dtype=F64), adv, 1.0, idx=idx, grid=grid, options=options or {},
+                       pred=v, old_pred=old_pred, sample=xt, final_sample=x0)
+
+
+def test_awm_loss_matches_the_reference_and_its_gradient():
+    from baselines.awm import awm_log_prob, awm_loss
+
+    g = flow_grid(6, 0.7, form="grpo", shift=3.0)
+    torch.manual_seed(5)
+    B = 5
+    idx = torch.tensor([0, 1, 2, 3, 4])
+    t = g.timesteps[idx]
+    x0, eps = torch.randn(B, 2, 3, 3, dtype=F64), torch.randn(B, 2, 3, 3, dtype=F64)
+    v = (eps - x0 + 0.3 * torch.randn_like(x0)).requires_grad_(True)
+    old = (v + 0.05 * torch.randn_like(x0)).detach()
+    adv = torch.tensor([3.0, -7.0, 0.5, -1.0, 6.0], dtype=F64)
+    ref_lp = _ref_awm_log_prob(v.detach(), eps, x0, t)
+    torch.testing.assert_close(awm_log_prob(v.detach(), eps - x0, t), ref_lp)
+    loss, inactive = awm_loss(_awm_ctx(v, x0, eps, t, adv, old, g, idx))
+    a = adv.clamp(-5, 5) / 5
+    ema = ((v.detach() - old) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(loss.detach(), -a + ema)  # ratio 1 on-policy, clip range 1 never binds
+    assert not inactive.any()
+    # gradient: -A' grad lp + grad of the slow-copy term, against finite differences of the reference
+    (gv,) = torch.autograd.grad(loss.sum(), v)
+
+    def f(vv):
+        return (-a * torch.exp(_ref_awm_log_prob(vv, eps, x0, t) - ref_lp) + ((vv - old) ** 2).flatten(1).mean(1)).sum()
+
+    h, fd = 1e-6, torch.zeros_like(v)
+    for i in range(v.numel()):
+        e = torch.zeros_like(v).view(-1)
+        e[i] = h
+        e = e.view_as(v)
+        fd.view(-1)[i] = (f(v.detach() + e) - f(v.detach() - e)) / (2 * h)
+    torch.testing.assert_close(gv, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_awm_stratified_steps_are_one_per_stratum():
+    from baselines.awm import select_stratified
+    from pcpo.trained_steps import STEP_SELECTORS
+
+    gen = torch.Generator().manual_seed(0)
+    s = select_stratified(14, 0.9, 200, gen)  # the reference's 14 steps, fraction 0.9: 6 strata of 2 over 12
+    assert s.shape == (200, 6) and STEP_SELECTORS.get("awm_stratified")[1](14, 0.9) == 6
+    for k in range(6):
+        assert set(s[:, k].tolist()) == {2 * k, 2 * k + 1}
+
+
+def test_pcpo_refuses_awm_with_its_reason():
+    from pcpo.algorithms import NotTransformable, algorithm_names, get_algorithm
+
+    with pytest.raises(NotTransformable, match="does not use per-step log-likelihood ratios"):
+        get_algorithm("pcpo-awm")
+    names = algorithm_names()
+    assert "awm" in names and "pcpo-awm" not in names
