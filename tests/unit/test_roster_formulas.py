@@ -226,3 +226,27 @@ def test_pcpo_refuses_awm_with_its_reason():
         get_algorithm("pcpo-awm")
     names = algorithm_names()
     assert "awm" in names and "pcpo-awm" not in names
+
+
+def test_a_registered_step_form_reaches_grids_and_frameworks():
+    """The step registry on its own: a form registered here (the Euler step written as a 'new' form)
+    becomes sampler flow-<name> for grids, scaled grids and Framework validation."""
+    import dataclasses
+
+    from pcpo.algorithms import FRAMEWORKS
+    from pcpo.rollout.steps import FLOW_STEP_FORMS, register_step
+
+    register_step("test_euler", lambda s, sn, lv, s_max=None: (s - sn, torch.zeros_like(s), torch.zeros_like(s)),
+                  lambda v, x, s, sn, lv, s_max=None: x - (s - sn) * v)
+    try:
+        g = flow_grid(5, 0.7, form="test_euler")
+        ref = flow_grid(5, 0.0, form="dance")
+        torch.manual_seed(2)
+        x, v, idx = torch.randn(3, 2, 2, 2), torch.randn(3, 2, 2, 2), torch.tensor([0, 3, 4])
+        torch.testing.assert_close(g.step(idx, v, x).prev_sample, ref.step(idx, v, x).prev_sample)
+        torch.testing.assert_close(g.scaled(torch.ones(5)).coef, ref.coef)
+        fw = dataclasses.replace(FRAMEWORKS.get("flow_grpo"), name="x", samplers={"flow": "flow-test_euler"})
+        assert fw.sampler_for("flow") == "flow-test_euler"
+    finally:
+        FLOW_STEP_FORMS._items.pop("test_euler", None)
+    assert "flow-test_euler" not in SAMPLERS
