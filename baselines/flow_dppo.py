@@ -16,7 +16,7 @@ The trainer hands the objective the current step mean (``ctx.out``) and the roll
 policy's (``ctx.old_mean()``), so it needs no trainer change.  verl-omni's
 ``verl_omni/trainer/diffusion/diffusion_algos.py`` (``FlowDPPOLoss``) implements the same
 mask (read, not checked line by line).  Everything else is Flow-GRPO's (``baselines/flow_grpo.py``); UniRL's own FlowDPPO
-runs without a reference KL by default (``beta = 0.0``), kept here at Flow-GRPO's 0.01
+has no reference KL at 1cc88b6 (a later version adds ``beta = 0.0``), kept here at Flow-GRPO's 0.01
 (a named option).  The objective is a function of the step likelihood ratio, so
 ``pcpo-flow_dppo`` exists (PCPO's log-hinge replaces the masked loss).
 """
@@ -30,7 +30,8 @@ from pcpo.objectives import StepContext, register_objective
 
 UNIRL = "Tencent-Hunyuan/UniRL@1cc88b6 unirl/algorithms/flowdppo.py"
 LOSS = f"{UNIRL}, _flowdppo_kl_adv_loss()"
-CFG = f"{UNIRL}, FlowDPPOConfig"
+INIT = f"{UNIRL}, FlowDPPO.__init__()"
+SIGMA = f"{UNIRL}, FlowDPPO._compute_sigma_t()"
 
 
 def dppo_kl(mean: torch.Tensor, old_mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -69,10 +70,11 @@ REFERENCES = {
                      "(ratio > 1.0) & (adv > 0)`; `neg_rm_mask = (~kl_mask) & (ratio < 1.0) & (adv < 0)`; "
                      "`loss_per_elem = torch.where(keep_adv_mask, unclipped_loss, zero)`"),
     "objective_options": Ref({"kl_mask_threshold": 1e-5, "add_kl_coefficient": True},
-                             CFG + ": `kl_mask_threshold: float = 1e-5`, `add_kl_coefficient: bool = True` "
-                             "(unirl/algorithms/base.py _transition_sigma: `std_dev_t*sqrt(-dt)`, ones without)"),
+                             INIT + ": `kl_mask_threshold: float = 1e-5`, `add_kl_coefficient: bool = True`; "
+                             + SIGMA + ": `sigma_t = std_dev_t * torch.sqrt(-dt)`, `torch.ones(...)` without"),
     "clip_range": Ref(None, LOSS + ": no ratio clip (the field is unused by the flow_dppo objective)"),
-    "kl_beta": Ref(0.0, CFG + ": `beta: float = 0.0`",
+    "kl_beta": Ref(0.0, UNIRL + ", FlowDPPO.compute_loss_and_backward(): `loss = loss_per_elem.mean()`, no "
+                   "reference KL (a later UniRL adds `beta: float = 0.0`)",
                    note="Flow-GRPO's 0.01 kept, so the two differ by the trust region alone", deliberate=True),
 }
 
