@@ -35,14 +35,21 @@ import torch
 from pcpo.config import ConfigError
 from pcpo.models.base import ScheduleSpec
 from pcpo.rollout.grid import SamplerGrid, ddim_grid, make_grid
+from pcpo.rollout.steps import FLOW_STEP_FORMS
 
 #: the constant reshaped-sampler weight of the paper's reference configs
 DEFAULT_W_STAR = 4.5
 
 
 def native_weights(grid: SamplerGrid) -> torch.Tensor:
-    """w(t) = C(t) / sigma_t per step of ``grid`` (float64)."""
+    """w(t) = C(t) / sigma_t per step of ``grid`` (float64).
+
+    A registered flow step form with ``zero_std_steps`` (CPS: its last step is deterministic at
+    any noise level) gives those steps weight 0: they have no log-prob and are never trained."""
     w = grid.native_weight
+    name = grid.sampler[len("flow-"):]
+    if grid.family == "flow" and name in FLOW_STEP_FORMS and FLOW_STEP_FORMS.get(name).zero_std_steps:
+        w = torch.where(grid.std > 0, w, torch.zeros_like(w))
     if not torch.isfinite(w).all():
         bad = [int(i) for i in torch.nonzero(~torch.isfinite(w)).flatten()]
         raise ValueError(
@@ -219,6 +226,7 @@ def plan_credit(
         # zeta * ds_i of the sampling grid (sum ds = s_0 = 1), on whichever steps are trained:
         # sd3_train_shared.py compute_pcpo_weight(delta_t) = ZETA * delta_t
         target = zeta_v * (native_grid.timesteps - native_grid.next_timesteps)
+        target = torch.where(native > 0, target, torch.zeros_like(target))  # steps without a log-prob get no credit
     if variant == "uw-lambda":
         # native sigma; the interpolated policy's native log-ratio carries w(t) lambda_t = target_t
         # (ddim_step.py:163-171 `lambda_t = const_weight * std_dev_t / (c1_t - c2_t)`)

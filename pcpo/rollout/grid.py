@@ -13,9 +13,28 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from pcpo.models.base import ScheduleSpec
-from pcpo.rollout.steps import StepOutput, ddim_coef, ddim_step, ddim_variance, flow_coef_and_std, flow_step
+from pcpo.rollout.steps import (FLOW_STEP_FORMS, StepOutput, ddim_coef, ddim_step, ddim_variance, flow_coef_and_std,
+                                flow_step)
 
-SAMPLERS = ("ddim", "flow-dance", "flow-grpo")
+BUILTIN_SAMPLERS = ("ddim", "flow-dance", "flow-grpo")
+
+
+class _SamplerNames:
+    """The sampler names: the built-in ones and ``flow-<form>`` for every registered flow step
+    form (:func:`pcpo.rollout.steps.register_step`); ``in`` and iteration see registrations."""
+
+    def __contains__(self, name) -> bool:
+        return name in BUILTIN_SAMPLERS or (isinstance(name, str) and name.startswith("flow-")
+                                            and name[len("flow-"):] in FLOW_STEP_FORMS)
+
+    def __iter__(self):
+        return iter(BUILTIN_SAMPLERS + tuple(f"flow-{n}" for n in FLOW_STEP_FORMS.names()))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+SAMPLERS = _SamplerNames()
 
 
 @dataclass
@@ -61,7 +80,7 @@ class SamplerGrid:
 
     @property
     def flow_form(self) -> str:
-        return {"flow-dance": "dance", "flow-grpo": "grpo"}[self.sampler]
+        return self.sampler[len("flow-"):]
 
     @property
     def native_weight(self) -> torch.Tensor:
@@ -199,7 +218,7 @@ def flow_grid(steps: int, noise_level: float, form: str = "dance", shift: float 
     s, s_next = s_all[:-1], s_all[1:]
     s_max = float(s_all[1]) if steps > 1 else 0.5
     coef, std, _ = flow_coef_and_std(s, s_next, float(noise_level), form, s_max)
-    sampler = {"dance": "flow-dance", "grpo": "flow-grpo"}[form]
+    sampler = f"flow-{form}"
     info = {"shift": float(shift), "spacing": spacing}
     if spacing != "uniform":
         info["span"] = [float(span[0]), float(span[1])]
@@ -224,9 +243,9 @@ def make_grid(
         if spec.family != "ddim":
             raise ValueError(f"sampler 'ddim' needs an epsilon (ddim-family) model, got a {spec.family} model")
         return ddim_grid(spec, steps, eta=eta, sigma=sigma)
-    if sampler in ("flow-dance", "flow-grpo"):
+    if sampler != "ddim" and sampler in SAMPLERS:
         if spec.family != "flow":
             raise ValueError(f"sampler {sampler!r} needs a velocity (flow-family) model, got a {spec.family} model")
-        return flow_grid(steps, noise_level, form=sampler.split("-")[1], shift=spec.shift if shift is None else shift,
+        return flow_grid(steps, noise_level, form=sampler[len("flow-"):], shift=spec.shift if shift is None else shift,
                          spacing=spec.flow_spacing, span=spec.flow_span)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+from pcpo.registry import Registry
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 REDUCTIONS = ("mean", "sum")
@@ -171,8 +174,11 @@ def flow_coef_and_std(
         if s_max is None:
             raise ValueError("flow-grpo form needs s_max (the grid's second point) for the s == 1 guard")
         sig = flow_grpo_sigma(s, noise_level, s_max)
+    elif form in FLOW_STEP_FORMS:  # a registered form (register_step)
+        level = torch.as_tensor(noise_level, dtype=s.dtype, device=s.device).expand_as(s)
+        return FLOW_STEP_FORMS.get(form).coef_and_std(s, s_next, level, s_max)
     else:
-        raise ValueError(f"flow SDE form must be one of {FLOW_FORMS}, got {form!r}")
+        raise ValueError(f"flow SDE form must be one of {FLOW_FORMS + tuple(FLOW_STEP_FORMS.names())}, got {form!r}")
     coef = ds * (1 + sig**2 * (1 - s) / (2 * s))
     std = sig * ds.sqrt()
     return coef, std, sig
@@ -197,7 +203,11 @@ def flow_step(
     ``mean = x - ds v + 0.5 eta^2 score ds`` with ``score = -(x - (1-s) x0) / s^2``.
     ``form="grpo"``: Flow-GRPO's SDE with sigma~(s) = a sqrt(s / (1 - s)).
     ``noise_level == 0`` gives the deterministic Euler (ODE) step.
+    Any other ``form`` is a registered one (:func:`register_step`).
     """
+    if form not in FLOW_FORMS:
+        return registered_flow_step(form, model_output, sample, s, s_next, noise_level, s_max, prev_sample, noise,
+                                    generator, reduction)
     dt = compute_dtype(model_output, sample)
     v = model_output.to(dt)
     x = sample.to(dt)
@@ -234,3 +244,59 @@ def matching_log_ratio(
     z = noise.to(dt)
     w = _bcast(weight.to(device=d.device, dtype=dt), d)
     return -reduce_dims(w * d * z + 0.5 * w**2 * d * d, reduction)
+
+
+# ---------------------------------------------------------------------------
+# Registered flow step forms: a module in ``baselines/`` adds a sampler step
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowStepForm:
+    """A flow-matching step form other than the built-in ``dance`` / ``grpo`` SDEs.
+
+    ``coef_and_std(s, s_next, level, s_max) -> (C, std, sigma)``, shaped like ``s``: the
+    sensitivity of the mean to the velocity (``mean = ... - C v``), the step's std, and its
+    noise-level sigma (reported; Flow-GRPO's KL form divides by it).
+    ``mean(v, x, s, s_next, level, s_max) -> mean``, with ``s``, ``s_next`` and ``level``
+    already broadcast against ``x`` and everything in the compute dtype.
+    ``log_prob(prev_sample, mean, std, reduction) -> (B,)``: the step's log-probability as its
+    reference code computes it; None: the Gaussian :func:`gaussian_log_prob`.
+    ``zero_std_steps``: the form has steps with std 0 at a positive noise level (a deterministic
+    last step): they have no log-prob and no credit weight, and are never trained.
+    The grid sampler of form ``name`` is ``flow-<name>``.
+    """
+
+    name: str
+    coef_and_std: Callable
+    mean: Callable
+    log_prob: Callable | None = None
+    zero_std_steps: bool = False
+
+
+FLOW_STEP_FORMS: Registry[FlowStepForm] = Registry("flow step form")
+
+
+def register_step(name: str, coef_and_std, mean, log_prob=None, zero_std_steps: bool = False) -> FlowStepForm:
+    """Register a flow step form ``name`` (sampler ``flow-<name>``); see :class:`FlowStepForm`."""
+    if name in FLOW_FORMS:
+        raise ValueError(f"flow step form {name!r} is built in")
+    form = FlowStepForm(name, coef_and_std, mean, log_prob, zero_std_steps)
+    FLOW_STEP_FORMS.register(name, form, overwrite=True)
+    return form
+
+
+def registered_flow_step(form: str, model_output, sample, s, s_next, noise_level, s_max=None, prev_sample=None,
+                         noise=None, generator=None, reduction: str = "mean") -> StepOutput:
+    """One step of a registered flow step form (what :func:`flow_step` runs for ``form``)."""
+    spec = FLOW_STEP_FORMS.get(form, "flow step form")
+    dt = compute_dtype(model_output, sample)
+    v, x = model_output.to(dt), sample.to(dt)
+    s_ = s.to(device=x.device, dtype=dt)
+    sn_ = s_next.to(device=x.device, dtype=dt)
+    level = torch.as_tensor(noise_level, dtype=dt, device=x.device).expand_as(s_)
+    coef, std, _ = spec.coef_and_std(s_, sn_, level, s_max)
+    mean = spec.mean(v, x, _bcast(s_, x), _bcast(sn_, x), _bcast(level, x), s_max)
+    out = _finish(mean, std, prev_sample, noise, generator, coef, reduction)
+    if spec.log_prob is not None:
+        out.log_prob = spec.log_prob(out.prev_sample.detach(), mean, std, reduction)
+    return out
