@@ -13,7 +13,11 @@ benchmark's test prompts and FID on COCO captions::
 
 Sources: ``tiny`` (the tiny world's fixed evaluation prompts), ``file`` (one prompt per
 line), ``coco-captions`` (a prepared reference folder's ``captions.jsonl``, one caption per
-reference image; ``path`` is the folder or the file), ``list`` (inline ``prompts``).
+reference image; ``path`` is the folder or the file), ``list`` (inline ``prompts``), ``hps-benchmark``
+(the HPS v2 benchmark prompts, HPDv2's held-out set that HPSv2/HPSv2.1 scores are reported on: the JSON
+lists ``<path>/<style>.json`` that ``pcpo data fetch hps-benchmark-<style>`` places under
+``data/prompts/hps_benchmark/``; ``styles`` picks and orders them, default anime, concept-art, paintings,
+photo, 800 prompts each; every prompt carries its ``style`` and ``style_index``).
 ``count: N`` keeps N prompts: the first N when ``seed`` is absent, else N drawn without
 replacement by ``numpy.random.default_rng(seed)`` and kept in file order.  The selection
 is a pure function of the file, ``count`` and ``seed``.
@@ -25,8 +29,50 @@ from pathlib import Path
 
 from pcpo.config import ConfigError
 
-EVAL_SOURCES = ("tiny", "file", "coco-captions", "list")
-SET_KEYS = {"source", "path", "count", "seed", "n_per_prompt", "metrics", "prompts", "n_per_digit", "options"}
+EVAL_SOURCES = ("tiny", "file", "coco-captions", "list", "hps-benchmark")
+SET_KEYS = {"source", "path", "count", "seed", "n_per_prompt", "metrics", "prompts", "n_per_digit", "options",
+            "styles"}
+
+# The HPS v2 benchmark: its four styles in the order of tgxs002/HPSv2 hpsv2/utils.py hps_prompt_files, the
+# folder the catalogue's hps-benchmark-<style> entries land in, and the entry name of each style.
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+HPS_BENCHMARK_PATH = "data/prompts/hps_benchmark"
+
+
+def hps_benchmark_entry(style: str) -> str:
+    return f"hps-benchmark-{style}"
+
+
+def hps_benchmark_styles(spec: dict, field: str = "evaluation.prompts") -> list[str]:
+    """The styles of a ``hps-benchmark`` prompt set, in the order read (default: all four)."""
+    styles = spec.get("styles", list(HPS_STYLES))
+    if isinstance(styles, str):
+        styles = [styles]
+    if not isinstance(styles, list) or not styles or any(s not in HPS_STYLES for s in styles) or \
+            len(set(styles)) != len(styles):
+        raise ConfigError(f"{field}.styles: a list of distinct styles out of {', '.join(HPS_STYLES)} is required, "
+                          f"got {styles!r}")
+    return list(styles)
+
+
+def _hps_benchmark(spec: dict, field: str) -> list[tuple[str, dict]]:
+    folder = Path(spec.get("path") or HPS_BENCHMARK_PATH)
+    out = []
+    for style in hps_benchmark_styles(spec, field):
+        p = folder / f"{style}.json"
+        if not p.is_file():
+            raise ConfigError(f"{field}: the HPS v2 benchmark prompts {p} are missing; fetch them with "
+                              f"`pcpo data fetch {hps_benchmark_entry(style)}` (or `pcpo data fetch --for CONFIG`)")
+        try:
+            prompts = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{p}: not a JSON list of prompts ({e}); fetch it again with "
+                              f"`pcpo data fetch {hps_benchmark_entry(style)} --force`") from None
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(x, str) for x in prompts):
+            raise ConfigError(f"{p}: expected a non-empty JSON list of prompt strings; fetch it again with "
+                              f"`pcpo data fetch {hps_benchmark_entry(style)} --force`")
+        out += [(x, {"style": style, "style_index": i}) for i, x in enumerate(prompts)]
+    return out
 
 
 def _read_lines(path, field: str) -> list[str]:
@@ -128,6 +174,8 @@ def prompt_set(spec: dict, field: str = "evaluation.prompts", n_per_digit: int |
         if not isinstance(got, list) or not got:
             raise ConfigError(f"{field}.prompts: a non-empty list of prompt strings is required")
         items = [(str(p), {}) for p in got]
+    elif source == "hps-benchmark":
+        items = _hps_benchmark(spec, field)
     else:
         raise ConfigError(f"{field}.source: unknown source {source!r}; use {', '.join(EVAL_SOURCES)}")
     return _select(items, spec.get("count"), spec.get("seed"), field)

@@ -2,8 +2,9 @@
 
 Read from the config, matched against the catalogue by what the entries are (not by their names):
 
-* prompt files (``prompts`` and ``evaluation.prompts`` with ``source: file``): the entry whose ``dest``
-  is that path (paths under ``data/`` are relative to the data root);
+* prompt files (``prompts`` and every set of ``evaluation.prompts`` with ``source: file``, and the per-style
+  JSON files of a ``source: hps-benchmark`` set): the entry whose ``dest`` is that path (paths under
+  ``data/`` are relative to the data root);
 * base models (``model.path``, ``base_models.*.path``) that are hub ids: the ``hf_snapshot`` of that repo;
 * learned rewards (``reward``, the matrix's and ``evaluation.rewards``): the hub repos / files their loaders
   read by default (pcpo/rewards/learned.py), unless the config points the option at a local path;
@@ -128,6 +129,16 @@ def _dest_entries(cat: dict[str, Entry], path: str) -> list[str]:
     return sorted(e.name for e in cat.values() if e.dest and rel is not None and _root_rel(e.dest) == rel)[:1]
 
 
+def _eval_sets(config: dict) -> list[dict]:
+    """The evaluation prompt sets of ``evaluation.prompts``: one set ``{source: ...}`` or named sets."""
+    ev = (config.get("evaluation") or {}).get("prompts") or {}
+    if not isinstance(ev, dict):
+        return []
+    if "source" in ev:
+        return [ev]
+    return [s for s in ev.values() if isinstance(s, dict) and "source" in s]
+
+
 def _prompt_files(config: dict) -> list[tuple[str, str]]:
     out = []
     p = config.get("prompts") or {}
@@ -135,12 +146,22 @@ def _prompt_files(config: dict) -> list[tuple[str, str]]:
         path = (p.get("options") or {}).get("path") or p.get("path")
         if path:
             out.append(("train", str(path)))
-    ev = (config.get("evaluation") or {}).get("prompts") or {}
-    if isinstance(ev, dict) and ev.get("source") == "file":
-        path = (ev.get("options") or {}).get("path") or ev.get("path")
-        if path:
-            out.append(("sample", str(path)))
-    elif p.get("source") == "file" and out:  # the samplers draw their evaluation prompts from the same source
+    sets = _eval_sets(config)
+    for ev in sets:
+        if ev.get("source") == "file":
+            path = (ev.get("options") or {}).get("path") or ev.get("path")
+            if path:
+                out.append(("sample", str(path)))
+        elif ev.get("source") == "hps-benchmark":  # one JSON file per style (pcpo/prompts.py)
+            from pcpo.prompts import HPS_BENCHMARK_PATH, hps_benchmark_styles
+
+            folder = str(ev.get("path") or HPS_BENCHMARK_PATH).rstrip("/")
+            try:
+                styles = hps_benchmark_styles(ev)
+            except ValueError:  # a bad styles list is the config check's to report
+                styles = []
+            out += [("sample", f"{folder}/{style}.json") for style in styles]
+    if not sets and p.get("source") == "file" and out:  # the samplers draw their evaluation prompts from the same source
         out.append(("sample", out[0][1]))
     return out
 
