@@ -145,6 +145,7 @@ def test_hpsv21_paper_configs_evaluate_the_reward_on_the_benchmark(name, tmp_pat
     sets = evaluation_prompt_sets(config["evaluation"], "file")
     reward = sets["reward"]
     assert reward["source"] == "hps-benchmark" and reward["n_per_prompt"] == 4
+    assert reward.get("path", "data/prompts/hps_benchmark") == "data/prompts/hps_benchmark"
     assert reward.get("styles", STYLES) == STYLES and "reward" in reward["metrics"]
     n = needs_for_config(config, load_catalogue(), tmp_path / "data")
     assert [x for x in n.roles["sample"] if x.startswith("hps-benchmark-")] == [f"hps-benchmark-{s}" for s in STYLES]
