@@ -32,7 +32,7 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------
 
 #: the hub model each kind stands for when `pcpo credit --model-kind` names no --model-path
-CREDIT_DEFAULT_PATHS = {"sd1": "runwayml/stable-diffusion-v1-5", "sd3": "stabilityai/stable-diffusion-3.5-medium",
+CREDIT_DEFAULT_PATHS = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd3": "stabilityai/stable-diffusion-3.5-medium",
                         "flux": "black-forest-labs/FLUX.1-dev"}
 
 

@@ -435,7 +435,9 @@ def _sd15_fw_value(key: str):
 #: the lineage's SD1.5 run (hpsv2_1_lora_grpo.yaml, run by train_grpo.py) against SD15_PAPER
 SD15_REFERENCES = {
     "model.kind": Ref("sd1", _YAML + ":6 `pretrained_model: \"runwayml/stable-diffusion-v1-5\"` (a UNet, DDIM)"),
-    "model.path": Ref("runwayml/stable-diffusion-v1-5", _YAML + ":6"),
+    "model.path": Ref("runwayml/stable-diffusion-v1-5", _YAML + ":6",
+                      note="the same weights from stable-diffusion-v1-5/stable-diffusion-v1-5, the maintained copy of "
+                      "the deleted runwayml repository (data catalogue entry sd15)", deliberate=True),
     "model.dtype": Ref("float16", _YAML + ":70 `mixed_precision: \"fp16\"`",
                        note="fp16 weights with fp32 LoRA, as train_grpo.py:449-479; old log-probs recomputed in "
                        "the training layout (train.old_logprobs: auto)"),
