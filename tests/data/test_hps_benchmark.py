@@ -153,24 +153,10 @@ def test_hpsv21_paper_configs_evaluate_the_reward_on_the_benchmark(name, tmp_pat
 
 
 def test_dry_run_for_the_flux_config_lists_the_four_files(data_env, pcpo, monkeypatch):
-    monkeypatch.chdir(data_env.tmp)
-    flux = PAPER / "dancegrpo_flux_hpsv21.yaml"
-    # as committed: refused only for the COCO reference folder, which no entry prepares under that name
-    # (unrelated to the benchmark prompts)
-    rc, out, err = pcpo("data", "fetch", "--for", flux, "--dry-run")
-    if rc != 0:
-        line = one_line_error(err)
-        assert "needs 1 thing(s)" in line and "evaluation reference coco2014-val-512-n30000" in line, line
-    # with that folder present locally, the dry run lists what would be fetched, the four files included
-    config = yaml.safe_load(flux.read_text())
-    ref = data_env.tmp / "coco-ref"
-    ref.mkdir()
-    config["evaluation"]["reference"]["path"] = str(ref)
-    config["evaluation"]["prompts"]["fid"]["path"] = str(ref)
-    local = data_env.tmp / "flux.yaml"
-    local.write_text(yaml.safe_dump(config))
-    rc, out, err = pcpo("data", "fetch", "--for", local, "--dry-run")
-    assert rc == 0, err
+    monkeypatch.chdir(data_env.tmp)  # nothing local: every need comes from the catalogue
+    rc, out, err = pcpo("data", "fetch", "--for", PAPER / "dancegrpo_flux_hpsv21.yaml", "--dry-run")
+    assert rc == 0, err  # nothing unresolved
     listed = out.split()
     assert [n for n in listed if n.startswith("hps-benchmark-")] == [f"hps-benchmark-{s}" for s in STYLES]
-    assert "flux1-dev" in " ".join(listed) or any("flux" in n for n in listed), listed
+    assert {"flux1-dev", "hpsv21-checkpoint", "hpdv2-train-prompts"} <= set(listed), listed
+    assert not (data_env.root / ".fetched").exists()  # a dry run fetches nothing
