@@ -3,29 +3,58 @@
 #
 #   snakemake --cores all                                  # config/tiny.yaml, locally
 #   snakemake --cores all --configfile config/smoke.yaml   # the CI-sized run
-#   snakemake --cores all --profile slurm                  # on a Slurm cluster (see profiles/slurm)
+#   snakemake --cores all --profile slurm --configfile config/paper/X.yaml   # on a Slurm cluster
+#
+# The config is checked before any work (schema, then the trainer's own rules for every run of
+# the matrix); a bad one stops the dry run with one line. A dry run writes nothing: the
+# effective config that jobs read is written in `onstart:` (real runs only).
+
+import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
 
 
-# The default experiment, unless --configfile names one (Snakemake would otherwise merge
-# this file under the named one, leaking tiny-world keys into other experiments).
+def config_error(msg):
+    """Stop before any work with one line naming the field and the fix (no traceback)."""
+    print(f"config: {msg}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+# The default experiment, unless --configfile names one. A --configfile without `experiment:`
+# is refused: Snakemake would merge it into config/tiny.yaml and write over the tiny results.
 if "experiment" not in config:
+    if workflow.overwrite_configfiles:
+        config_error(
+            f"{', '.join(str(f) for f in workflow.overwrite_configfiles)}: no 'experiment:' key; "
+            "name the experiment in the file (results go to results/<experiment>/)"
+        )
 
     configfile: "config/tiny.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+include: "workflow/rules/checks.smk"
+
+
+check_schema("workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+check_matrix()
+
+
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    write_effective_config()
 
 
 rule all:

@@ -89,7 +89,7 @@ CONFIG_REFERENCES = {
         "sampling.steps": Ref(50, SDBASE + ": `sample.num_steps = 50`"),
         "sampling.eta": Ref(1.0, SDBASE + ": `sample.eta = 1.0`"),
         "sampling.guidance_scale": Ref(5.0, SDBASE + ": `sample.guidance_scale = 5.0`"),
-        "resources.train_gpus": Ref(8, f"{REPO} scripts/finetune/finetune_sd_grpo.sh: `torchrun --nproc_per_node=8`"),
+        "resources.train.gpus": Ref(8, f"{REPO} scripts/finetune/finetune_sd_grpo.sh: `torchrun --nproc_per_node=8`"),
         "train.prompts_per_epoch": Ref(32, SDCFG + ": `config.sample.batch_size = 4` prompts per GPU x 8 GPUs"),
         "train.group_size": Ref(16, SDCFG + ": `config.num_generations = 16`"),
         "train.train_batch_size": Ref(4, SDCFG + ": `config.train.batch_size = 4`"),
@@ -118,7 +118,7 @@ CONFIG_REFERENCES = {
         "sampling.steps": Ref(12, FLUXSH + ": `--sampling_steps 12`", note="16 in the full fine-tune script"),
         "sampling.noise_level": Ref(0.3, FLUXSH + ": `--eta 0.3`"),
         "sampling.guidance_scale": Ref(3.5, FLUX + ", grpo_one_step(): `guidance=torch.tensor([3.5])` (`--cfg 0.0`)"),
-        "resources.train_gpus": Ref(8, FLUXSH + ": `torchrun --nproc_per_node=8`"),
+        "resources.train.gpus": Ref(8, FLUXSH + ": `torchrun --nproc_per_node=8`"),
         "train.prompts_per_epoch": Ref(16, FLUXSH + ": `--train_batch_size 2` prompts per GPU x 8 GPUs"),
         "train.group_size": Ref(12, FLUXSH + ": `--num_generations 12`"),
         "train.train_batch_size": Ref(1, FLUX + ", train_one_step(): one sample per backward (`samples_batched = "

@@ -66,7 +66,7 @@ def _config_refs(samples: int) -> dict:
         "sampling.guidance_scale": Ref(5.0, BASE + ": `sample.guidance_scale = 5.0`"),
         "prompts.options.path": Ref("config/paper/prompts/simple_animals.txt",
                                     DGX + ": `config.prompt_fn = 'simple_animals'` (ddpo_pytorch/assets/simple_animals.txt)"),
-        "resources.train_gpus": Ref(8, f"{REPO} config/dgx.py, compressibility(): 'the DGX machine I used had 8 GPUs'"),
+        "resources.train.gpus": Ref(8, f"{REPO} config/dgx.py, compressibility(): 'the DGX machine I used had 8 GPUs'"),
         "train.train_batch_size": Ref(4, f"{REPO} config/dgx.py, compressibility(): `config.train.batch_size = 4`"),
         "train.gradient_accumulation": Ref(4, DGX + ": `config.train.gradient_accumulation_steps = 4`",
                                            note=ours_note, deliberate=samples == 512),

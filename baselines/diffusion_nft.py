@@ -219,7 +219,7 @@ CONFIG_REFERENCES = {
         "train.prompts_per_epoch": Ref(48, NFT + ": `num_groups = 48`"),
         "train.group_size": Ref(24, NFT + ": `config.sample.num_image_per_prompt = 24`"),
         "train.train_batch_size": Ref(9, NFT + ": `bsz = 9` (sd3), kept by the divisibility search at 8 GPUs"),
-        "resources.train_gpus": Ref(8, PICK + ": `n_gpus=8`"),
+        "resources.train.gpus": Ref(8, PICK + ": `n_gpus=8`"),
         "train.gradient_accumulation": Ref(16, NFT + ": `gradient_accumulation_steps = num_batches_per_epoch // "
                                            "gradient_step_per_epoch` = 1152 / (8 x 9) / 1"),
         "samples_per_epoch": Ref(1152, NFT + ": 48 groups x 24 images"),

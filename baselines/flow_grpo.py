@@ -89,7 +89,7 @@ CONFIG_REFERENCES = {
         "train.group_size": Ref(24, CFG + ": `config.sample.num_image_per_prompt = 24`"),
         "train.train_batch_size": Ref(9, CFG + ": `config.sample.train_batch_size = 9`; `train.batch_size = "
                                       "sample.train_batch_size`"),
-        "resources.train_gpus": Ref(32, CFG + ": `gpu_number=32`",
+        "resources.train.gpus": Ref(32, CFG + ": `gpu_number=32`",
                                     note="8 GPUs here; accumulation 8 instead of 2 keeps the global batch", deliberate=True),
         "train.gradient_accumulation": Ref(2, CFG + ": `gradient_accumulation_steps = num_batches_per_epoch//2` "
                                            "(2 at 32 GPUs; the same rule gives 8 at 8 GPUs)",

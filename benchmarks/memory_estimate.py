@@ -21,7 +21,7 @@ The settings are read from ``config/paper/*.yaml`` through the trainer's own con
 loader, framework resolution and run settings (``load_config``, ``resolve_framework``,
 ``RunSettings.build``), so the table follows the files: micro-batch, resolution, T5
 tokens, LoRA rank or a full fine-tune, CFG, EMA, a KL reference copy, the processes of
-``resources.train_gpus`` (DDP, or FSDP under ``train.sharding: fsdp``) and a rollout
+``resources.train`` nodes x gpus (DDP, or FSDP under ``train.sharding: fsdp``) and a rollout
 hook's copies of the weights.  One row per file and distinct setting: an algorithm and
 its ``pcpo-`` variant train the same tensors and share a row.
 
@@ -175,7 +175,8 @@ def _settings_of(path: Path) -> list[PaperConfig]:
     (config -> framework -> run settings, the code paths of pcpo.trainer.Trainer.__init__)."""
     import yaml
 
-    from pcpo.config import ConfigError, load_config, train_processes
+    from pcpo.config import ConfigError, load_config
+    from pcpo.launch import world_size
     from pcpo.trainer import RunSettings, resolve_framework
 
     raw = yaml.safe_load(path.read_text()) or {}
@@ -192,7 +193,7 @@ def _settings_of(path: Path) -> list[PaperConfig]:
     if kind in ("flux", "sd3"):
         tokens = int(opts.get("max_sequence_length",
                               inspect.signature(cls.__init__).parameters["max_sequence_length"].default))
-    world = train_processes(raw)
+    world = world_size(raw.get("resources"))
     algs: list[str] = []
     for entry in raw.get("matrix") or []:
         algs += [a for a in entry.get("algorithms", []) if a not in algs]

@@ -109,8 +109,9 @@ def framework_rows(fw: Framework, family: str, base: Framework | None = None) ->
 def config_value(path: str | Path, key: str) -> Any:
     """A setting of an experiment file as the trainer or workflow sees it: the file's
     value, else the trainer's default; ``DERIVED_KEYS`` come from the batch arithmetic
-    on ``resources.train_gpus`` processes."""
-    from pcpo.config import TrainingConfig, batch_arithmetic, from_dict, train_processes
+    on the file's training processes (``resources.train``: nodes x gpus)."""
+    from pcpo.config import TrainingConfig, batch_arithmetic, from_dict
+    from pcpo.launch import world_size
 
     p = Path(path)
     if not p.is_absolute():
@@ -118,7 +119,7 @@ def config_value(path: str | Path, key: str) -> Any:
     raw = yaml.safe_load(p.read_text()) or {}
     if key in DERIVED_KEYS:
         cfg = from_dict(TrainingConfig, raw)
-        return batch_arithmetic(cfg, train_processes(raw), cfg.sampling.steps, 1)[key]
+        return batch_arithmetic(cfg, world_size(raw.get("resources")), cfg.sampling.steps, 1)[key]
     found = _dotted(raw, key)
     if found is not _MISSING:
         return found
@@ -185,7 +186,7 @@ def render_card(name: str) -> str:
     crow = config_rows(base or fw)
     if crow:
         lines += ["## Full-scale paper configs", "",
-                  "Each setting as `pcpo train` runs it from the file (derived counts use `resources.train_gpus`",
+                  "Each setting as `pcpo train` runs it from the file (derived counts use `resources.train`: nodes x gpus",
                   "processes), against the reference run it reproduces.", ""]
         for path, rows in crow.items():
             lines += [f"### `{path}`", ""] + _table(rows) + [""]

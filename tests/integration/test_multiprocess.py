@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(n: int, *args: str) -> list[str]:
-    """The command the workflow's train_launcher builds for resources.train_gpus = n."""
+    """The command the workflow's train_launcher builds for resources.train.gpus = n on one node."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
             "-m", "pcpo.cli", *args]
 
@@ -92,8 +92,10 @@ def test_two_process_kill_resumes_to_the_same_numbers(tmp_path, tiny_models):
 
 
 def test_workflow_launcher_starts_n_processes():
-    import re
+    """The workflow's train rule starts what pcpo.launch.train_launcher builds: torchrun with one
+    process per GPU on one node (the command this file's tests run)."""
+    from pcpo.launch import train_launcher
 
-    text = (ROOT / "workflow/rules/common.smk").read_text()
-    fn = re.search(r"def train_launcher\(\):.*?return PCPO", text, re.S).group(0)
-    assert "torch.distributed.run" in fn and "--nproc_per_node {n}" in fn and "accelerate launch" not in fn.split('"""')[-1]
+    cmd = train_launcher({"train": {"gpus": 2}}, python=sys.executable)
+    assert cmd.split() == torchrun(2)
+    assert "train_launcher(config.get(\"resources\"))" in (ROOT / "workflow/rules/common.smk").read_text()

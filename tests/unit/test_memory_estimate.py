@@ -57,7 +57,7 @@ def test_rows_carry_the_files_settings(rows):
         assert r.model == raw["model"]["kind"]
         lora = raw.get("lora", {})
         assert r.lora_rank == (lora["rank"] if lora.get("enabled", True) else None), r.name
-        assert r.processes == raw["resources"]["train_gpus"]
+        assert r.processes == raw["resources"]["train"]["gpus"] * raw["resources"]["train"].get("nodes", 1)
         assert "not counted" not in r.note, r.note
     by = {r.name: r for r in rows}
     sd14 = by["dancegrpo_sd14_hpsv21"]

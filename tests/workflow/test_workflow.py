@@ -220,11 +220,11 @@ def test_restart_reuses_finished_jobs_and_resumes_training(smoke_run):
 
 
 def test_the_workflow_launches_two_training_processes(smoke_run, tmp_path):
-    """resources.train_gpus: 2 makes the train rule start two real processes (torchrun; gloo on
+    """resources.train.gpus: 2 makes the train rule start two real processes (torchrun; gloo on
     this CPU), reusing the smoke run's base models: one new run, split in whole groups."""
     assert smoke_run["rc"] == 0, smoke_run["log"][-2000:]
     cfg = json.loads(json.dumps(smoke_run["config"]))
-    cfg["resources"] = {"train_gpus": 2}
+    cfg["resources"] = {"train": {"gpus": 2}}
     cfg["train"] = {**cfg["train"], "train_batch_size": 2, "device": "cpu"}
     cfg["matrix"] = [{"model": "flow", "algorithms": ["dancegrpo"], "rewards": ["digit_alignment"], "seeds": [7]}]
     cfg["evaluation"] = {**cfg["evaluation"], "seeds": [7]}

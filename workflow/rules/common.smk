@@ -4,30 +4,35 @@ import shlex
 import sys
 from pathlib import Path
 
+from pcpo.launch import job_resources, processes_per_node, resource_block, train_launcher, world_size
+
 EXP = config["experiment"]
 RESULTS = f"{config.get('results', 'results')}/{EXP}"
 
 
 
-def _write_effective_config():
+CONFIGFILE = f"{RESULTS}/config.yaml"
+
+
+def write_effective_config():
     """The config Snakemake uses (files + --config overrides), for the pcpo commands.
 
-    Rewritten only when its content changes, so its mtime triggers nothing; jobs
-    rerun on the config slices they declare in params (rerun trigger "params").
+    Called from `onstart:`, which Snakemake runs for real runs only: a dry run writes nothing,
+    and the job-side Snakemake processes on cluster nodes (started with --no-hooks) never
+    rewrite it under running jobs. Rewritten only when its content changes, so its mtime
+    triggers nothing; jobs rerun on the config slices they declare in params (rerun trigger
+    "params").
     """
     import yaml
+    from pcpo.utils import atomic_write_text
 
-    path = Path(RESULTS) / "config.yaml"
+    path = Path(CONFIGFILE)
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     if not path.is_file() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
     return str(path)
 
 
-CONFIGFILE = _write_effective_config()
 TRAINER_SECTIONS = ("model", "reward", "prompts", "sampling", "train", "lora", "ema", "pcpo", "algorithms")
 
 
@@ -53,7 +58,7 @@ def checkpoint_epochs():
 
 _bad = [e for e in EVAL_EPOCHS if e not in checkpoint_epochs()]
 if _bad:
-    raise ValueError(
+    config_error(
         f"evaluation.epochs: {_bad} are not checkpoint epochs; with train.epochs={TRAIN_EPOCHS} and "
         f"train.checkpoint_every={CKPT_EVERY} the checkpoints are {sorted(checkpoint_epochs())}"
     )
@@ -115,13 +120,18 @@ def reward_options(reward):
     return fmt(config.get("reward_options", {}).get(reward, {}))
 
 
-def train_flags(model, reward):
+def train_set_flags(model, reward):
+    """The --set flags of one run (model, reward and the base model's overrides)."""
     bm = base_model(model)
     flags = ["--set", f"model.kind={bm['kind']}", "--set", f"model.path={base_model_path(model)}"]
     flags += ["--set", f"reward.name={reward}"]
     flags += set_flags("reward.options", reward_options(reward))
     flags += set_flags("", fmt(bm.get("overrides", {})))
-    return " ".join(shlex.quote(f) for f in flags)
+    return flags
+
+
+def train_flags(model, reward):
+    return " ".join(shlex.quote(f) for f in train_set_flags(model, reward))
 
 
 RUN = "{model}/{reward}/{algorithm}/seed{seed}"
@@ -139,7 +149,7 @@ def _eval_seeds():
     known = {int(r["seed"]) for r in runs()}
     bad = [s for s in seeds if int(s) not in known]
     if bad:
-        raise ValueError(f"evaluation.seeds: {bad} are not seeds of any matrix entry (they are {sorted(known)}); "
+        config_error(f"evaluation.seeds: {bad} are not seeds of any matrix entry (they are {sorted(known)}); "
                          "list a subset of the matrix's seeds, or drop the key to evaluate every seed")
     return {int(s) for s in seeds}
 
@@ -186,12 +196,23 @@ def sample_flags():
     return " ".join(f)
 
 
-def train_launcher():
-    """`pcpo` for one process; for resources.train_gpus = N > 1, torchrun starting N processes
-    (gloo on CPUs, NCCL on GPUs: the trainer's Accelerator reads torchrun's environment).
-    `accelerate launch --cpu --num_processes N` starts one process, and --multi_gpu needs GPUs."""
-    n = int(config.get("resources", {}).get("train_gpus", 0))
-    if n > 1:
-        return f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone --nproc_per_node {n} -m pcpo.cli"
-    return PCPO
+def res(kind):
+    """Snakemake resources of a job of `kind` (a block of the config's `resources:`), the same on
+    every executor: Slurm maps them to sbatch flags (see pcpo/launch.py job_resources)."""
+    return job_resources(config.get("resources"), kind)
 
+
+def cpus(kind):
+    """A job's threads follow its CPUs (Snakemake scales them down to --cores locally)."""
+    return res(kind)["cpus_per_task"]
+
+
+def omp_threads(kind, threads):
+    """OpenMP threads per process: the job's threads shared by the processes of one node."""
+    per_node = processes_per_node(resource_block(config.get("resources"), kind)) if kind == "train" else 1
+    return max(1, int(threads) // per_node)
+
+
+# `pcpo` for one process, torchrun on one node, srun + one torchrun agent per node on several
+# (gloo on CPUs, NCCL on GPUs: the trainer's Accelerator reads torchrun's environment)
+TRAIN_LAUNCHER = PCPO if world_size(config.get("resources")) == 1 else train_launcher(config.get("resources"))

@@ -17,10 +17,8 @@ rule evaluate:
         settings=lambda w: settings("reward_options", ev={k: v for k, v in EVAL.items() if k in ("metrics", "rewards", "reference")}),
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("evaluate")
     resources:
-        mem_mb=3000,
-        runtime=30,
-        gpu=lambda w: config.get("resources", {}).get("evaluate_gpus", 0),
+        **res("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} evaluate --config {params.cfg} --samples {params.samples} --out {output} {params.flags} > {log} 2>&1"

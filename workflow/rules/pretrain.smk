@@ -13,10 +13,9 @@ rule pretrain_classifier:
         settings=lambda w: settings(classifier=config.get("pretrain", {}).get("classifier")),
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("pretrain")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **res("pretrain"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} pretrain --config {params.cfg} --model classifier --out {params.out} > {log} 2>&1"
 
@@ -35,10 +34,8 @@ rule pretrain:
         pretrained="eps|flow",
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("pretrain")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=lambda w: config.get("resources", {}).get("pretrain_gpus", 0),
+        **res("pretrain"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} pretrain --config {params.cfg} --model {wildcards.pretrained} --out {params.out} > {log} 2>&1"

@@ -22,10 +22,9 @@ rule aggregate:
         cfg=CONFIGFILE,
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("report")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **res("report"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} aggregate --config {params.cfg} --results {params.results} > {log} 2>&1"
 
@@ -56,9 +55,8 @@ rule report:
         cfg=CONFIGFILE,
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("report")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **res("report"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} report --config {params.cfg} --results {params.results} > {log} 2>&1"

@@ -18,11 +18,9 @@ rule sample_base:
         settings=lambda w: settings("prompts", "sampling"),
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("sample")
     resources:
-        mem_mb=2000,
-        runtime=30,
-        gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
+        **res("sample"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} sample --config {params.cfg} --model-kind {params.kind} --model-path {params.path} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
@@ -44,11 +42,9 @@ rule sample:
         settings=lambda w: settings("prompts", "sampling"),
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("sample")
     resources:
-        mem_mb=2000,
-        runtime=30,
-        gpu=lambda w: config.get("resources", {}).get("sample_gpus", 0),
+        **res("sample"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} sample --config {params.cfg} --checkpoint {params.ckpt} --out {params.out} {params.flags} "
         "--no-progress > {log} 2>&1"

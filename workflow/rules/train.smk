@@ -1,5 +1,6 @@
 # One RL run per (base model, reward, algorithm, seed); resumes from its last checkpoint.
-# With resources.train_gpus > 1 the run is started by torchrun (one process per GPU; see train_launcher).
+# resources.train: gpus > 1 starts torchrun (one process per GPU); nodes > 1 starts one torchrun
+# agent per node through srun with a c10d rendezvous (pcpo/launch.py train_launcher).
 
 
 rule train:
@@ -15,15 +16,14 @@ rule train:
         out=run_dir,
         cfg=CONFIGFILE,
         flags=lambda w: train_flags(w.model, w.reward),
-        launcher=train_launcher(),
+        launcher=TRAIN_LAUNCHER,
+        omp=lambda w, threads: omp_threads("train", threads),
         settings=lambda w: settings(*TRAINER_SECTIONS, base=base_model(w.model), reward_options=reward_options(w.reward)),
     conda:
         "../envs/pcpo.yaml"
-    threads: 1
+    threads: cpus("train")
     resources:
-        mem_mb=lambda w: config.get("resources", {}).get("train_mem_mb", 3000),
-        runtime=lambda w: config.get("resources", {}).get("train_runtime", 60),
-        gpu=lambda w: config.get("resources", {}).get("train_gpus", 0),
+        **res("train"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
+        "OMP_NUM_THREADS={params.omp} {params.launcher} train --config {params.cfg} --algorithm {wildcards.algorithm} --seed {wildcards.seed} "
         "--out {params.out} {params.flags} --no-progress > {log} 2>&1"
