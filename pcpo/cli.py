@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "pcpo.train_cli",  # train, algorithms
     "pcpo.sample_cli",  # sample
     "evaluation.cli",  # evaluate, aggregate, report
+    "pcpo.data.cli",  # data fetch, data list
 ]
 
 

@@ -12,10 +12,12 @@ A model is a diffusers ``StableDiffusionPipeline`` folder (or hub id)::
 
 Each component is loaded on its own with ``from_pretrained(path,
 subfolder=...)``; nothing else of the pipeline (safety checker, feature
-extractor) is read.  Loading is offline by default (``local_files_only=True``)
-so that a missing model fails at once with the weights named; set
-``PCPO_ALLOW_DOWNLOAD=1`` (or pass ``local_files_only=False``) to let the hub
-client fetch them.
+extractor) is read.  A hub id is downloaded into the Hugging Face cache when
+it is not there yet (at the revision the data catalogue pins for it, unless
+``revision`` is given); with huggingface_hub's offline mode (``HF_HUB_OFFLINE=1``)
+or ``local_files_only: true`` only the cache is read.  A model that cannot be
+had fails in one line naming it, why (offline, gated, missing) and the command
+that fetches it (``pcpo data fetch NAME`` / ``hf download REPO``).
 
 Adapter options (``model.options`` in a config): ``dtype`` (float32,
 bfloat16, float16: every module is loaded in it; the VAE decode is upcast to
@@ -41,8 +43,6 @@ from pcpo.models import register_model
 from pcpo.models.base import Cond, ModelAdapter, ScheduleSpec, spec_from_scheduler
 from pcpo.models.tiny import _as_dtype, merged_copy, quiet_hf
 
-ALLOW_DOWNLOAD_ENV = "PCPO_ALLOW_DOWNLOAD"
-
 #: attention projections of diffusers' Attention modules (UNet self/cross attention)
 SD_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -58,7 +58,15 @@ class ModelLoadError(OSError, ValueError):
 
 
 def default_local_files_only() -> bool:
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+    """Read only the local cache when huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1``); else download."""
+    from pcpo.data.download import hf_offline
+
+    return hf_offline()
+
+
+def _one_line(err: Exception, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 class ComponentLoader:
@@ -72,6 +80,10 @@ class ComponentLoader:
                  local_files_only: bool | None = None, dtype: torch.dtype | None = None, model: str = "model"):
         self.path = str(path)
         self.is_local = Path(self.path).is_dir()
+        if revision is None and not self.is_local:
+            from pcpo.data import hub_revision
+
+            revision = hub_revision(self.path)
         self.revision = revision
         self.variant = variant
         self.local_files_only = default_local_files_only() if local_files_only is None else bool(local_files_only)
@@ -82,15 +94,22 @@ class ComponentLoader:
         where = Path(self.path) / subfolder
         if self.is_local:
             how = (f"the folder {self.path} has no loadable {subfolder}/ ({where} is missing or incomplete); "
-                   f"write the full {self.model} pipeline there (e.g. `huggingface-cli download <repo> "
+                   f"write the full {self.model} pipeline there (e.g. `hf download <repo> "
                    f"--local-dir {self.path}`) or point model.path at a complete copy")
-        elif self.local_files_only:
-            how = (f"{self.path!r} is not a local folder and its {subfolder}/ is not in the Hugging Face cache; "
-                   f"download it first (`huggingface-cli download {self.path}`), point model.path at a local copy, "
-                   f"or set {ALLOW_DOWNLOAD_ENV}=1 to let the run download it")
         else:
-            how = f"downloading {self.path!r} ({subfolder}/) failed; check the repository id, revision and access"
-        msg = f"model.path: cannot load {cls.__name__} from {self.path!r} subfolder {subfolder!r}: {how} ({err})"
+            from pcpo.data.download import explain_load_failure
+
+            known = explain_load_failure(err, self.path)
+            if known is not None:
+                how = str(known)
+            elif self.local_files_only:
+                how = (f"{self.path!r} is not a local folder and its {subfolder}/ is not in the Hugging Face cache; "
+                       f"fetch it with `hf download {self.path}` or point model.path at a local copy")
+            else:
+                how = (f"downloading {self.path!r} ({subfolder}/) failed; check the repository id, revision "
+                       f"and access")
+        msg = (f"model.path: cannot load {cls.__name__} from {self.path!r} subfolder {subfolder!r}: {how} "
+               f"[{type(err).__name__}: {_one_line(err)}]")
         return ModelLoadError(msg)
 
     def _common(self) -> dict[str, Any]:
@@ -360,5 +379,5 @@ def load_sd1(path: str, **options) -> StableDiffusionAdapter:
 
 __all__ = [
     "StableDiffusionAdapter", "DiffusersAdapter", "ComponentLoader", "ModelLoadError", "SD_LORA_TARGETS",
-    "ALLOW_DOWNLOAD_ENV", "default_local_files_only", "tokenize", "vae_decode", "write_model_index",
+    "default_local_files_only", "tokenize", "vae_decode", "write_model_index",
 ]

@@ -1,12 +1,14 @@
 """Learned full-scale rewards: LAION aesthetic, HPSv2.1, PickScore, ImageReward,
 CLIPScore, and a weighted combination of any registered rewards.
 
-Every reward loads its weights from a local path or from the Hugging Face
-cache only (no download unless ``PCPO_ALLOW_DOWNLOAD=1``, as for the model
-adapters).  When the weights are absent the factory raises
-:class:`RewardWeightsError`, whose message names the missing weights (hub id
-or file), the option that takes a path and the environment variable that can
-hold it.  Options common to all: ``device`` (default ``cuda`` when available,
+Every reward loads its weights from a local path, the Hugging Face cache or
+the data root; what is missing is downloaded (hub ids through huggingface_hub,
+the aesthetic head through ``pcpo data fetch``), except in huggingface_hub's
+offline mode (``HF_HUB_OFFLINE=1``) or with ``local_files_only``.  When the
+weights cannot be had the factory raises :class:`RewardWeightsError`, whose
+one-line message names the missing weights (hub id or file), why, the command
+that fetches them, the option that takes a path and the environment variable
+that can hold it.  Options common to all: ``device`` (default ``cuda`` when available,
 else ``cpu``), ``dtype`` (``float32`` default), ``batch_size`` (images per
 forward pass, default 32), ``local_files_only``.
 
@@ -111,12 +113,20 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def _missing(reward: str, what: str, source: str, option: str, env: str, err: Exception | None = None,
              extra: str = "") -> RewardWeightsError:
-    msg = (f"reward {reward}: the {what} is not available offline ({source}); pass a local path as "
-           f"reward.options.{option} or set {env}, or let the hub client fetch it with PCPO_ALLOW_DOWNLOAD=1"
-           f"{extra}")
+    msg = (f"reward {reward}: the {what} is not available ({source}); pass a local path as "
+           f"reward.options.{option} or set {env}{extra}")
     if err is not None:
-        msg += f" [{type(err).__name__}: {err}]"
+        text = " ".join(str(err).split())
+        msg += f" [{type(err).__name__}: {text[:300]}{' ...' if len(text) > 300 else ''}]"
     return RewardWeightsError(msg)
+
+
+def _hub_reason(err: Exception, repo: str, filename: str | None = None) -> str | None:
+    """The one-line reason (offline, gated, missing; with the fetch command) for a hub failure on ``repo``."""
+    from pcpo.data.download import explain_load_failure
+
+    known = explain_load_failure(err, repo, filename=filename)
+    return None if known is None else str(known)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -148,8 +158,9 @@ def _load_hf(cls, name: str, reward: str, what: str, option: str, env: str, loca
         with quiet_hf():
             return cls.from_pretrained(name, local_files_only=local_only, **kw)
     except (OSError, ValueError) as e:
-        source = f"{name!r} is neither a local folder nor in the Hugging Face cache" if local_only else \
-            f"loading {name!r} failed"
+        source = (None if Path(name).exists() else _hub_reason(e, name)) or (
+            f"{name!r} is neither a local folder nor in the Hugging Face cache" if local_only else
+            f"loading {name!r} failed")
         raise _missing(reward, what, source, option, env, e) from e
 
 
@@ -259,10 +270,20 @@ def aesthetic(clip: str | None = None, head: str | None = None, device=None, dty
               local_files_only: bool | None = None, batch_size: int = 32):
     """LAION aesthetic score of each image (DDPO's aesthetic reward)."""
     head_path = _pick(head, ENV["aesthetic_head"], None)
+    how = ""
+    if head_path is None:  # the data root's copy, fetched now when missing (pcpo data fetch)
+        from pcpo.data import DataError, local_file
+
+        try:
+            head_path, entry = local_file(AESTHETIC_HEAD_FILE, fetch_missing=not _local_only(local_files_only))
+            how = (f" (fetch it with `pcpo data fetch {entry.name}`)" if entry is not None else
+                   " (no entry of the data catalogue provides it)")
+        except DataError as e:
+            how = f" ({e})"
     if head_path is None or not Path(head_path).is_file():
         raise RewardWeightsError(
             f"reward aesthetic: the MLP head {AESTHETIC_HEAD_FILE} (LAION improved-aesthetic-predictor, also "
-            f"shipped in ddpo-pytorch's assets) is missing{f' at {head_path!r}' if head_path else ''}; pass "
+            f"shipped in ddpo-pytorch's assets) is missing{f' at {head_path!r}' if head_path else ''}{how}; pass "
             f"its local path as reward.options.head or set {ENV['aesthetic_head']}")
     scorer = _ClipScorer(_pick(clip, ENV["aesthetic_clip"], AESTHETIC_CLIP), None, "aesthetic", "clip",
                          ENV["aesthetic_clip"], device=device, dtype=dtype, local_files_only=local_files_only,
@@ -298,9 +319,12 @@ def _hub_file(reward: str, path: str | None, env: str, repo: str, fname: str, op
     try:
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(repo, fname, local_files_only=local_only)
+        from pcpo.data.download import hf_endpoint
+
+        return hf_hub_download(repo, fname, local_files_only=local_only, endpoint=hf_endpoint())
     except Exception as e:  # noqa: BLE001 - every hub failure means the same thing here
-        raise _missing(reward, f"{label} {fname} of {repo}", "not in the Hugging Face cache", option, env, e) from e
+        source = _hub_reason(e, repo, fname) or ("not in the Hugging Face cache" if local_only else "download failed")
+        raise _missing(reward, f"{label} {fname} of {repo}", source, option, env, e) from e
 
 
 def _resolve_hps_checkpoint(checkpoint: str | None, local_only: bool) -> str:

@@ -225,12 +225,35 @@ def test_missing_model_names_the_component(tmp_path, monkeypatch):
     from pcpo.models import load_model
     from pcpo.models.sd import ModelLoadError
 
-    monkeypatch.delenv("PCPO_ALLOW_DOWNLOAD", raising=False)
+    import huggingface_hub.constants
+
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="unet"):
+    with pytest.raises(ModelLoadError, match="unet.*hf download"):
         load_model("sd1", str(tmp_path / "empty"))
-    with pytest.raises(ModelLoadError, match="transformer.*PCPO_ALLOW_DOWNLOAD"):
+    # huggingface_hub's offline mode: one line naming the repository and the command that fetches it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="transformer.*HF_HUB_OFFLINE.*`hf download pcpo-test-org/no-such-model`") as ei:
         load_model("flux", "pcpo-test-org/no-such-model")
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")
+def test_unreachable_hub_names_the_model_and_the_command(tmp_path, monkeypatch):
+    """Downloads are on by default: a hub that refuses the connection gives one line with the fix."""
+    from pcpo.models import load_model
+    from pcpo.models.sd import ModelLoadError
+    from tests.loopback import hub_environment, serve_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with serve_hub(tmp_path) as endpoint:
+        pass  # stopped: its port now refuses connections
+    with hub_environment(endpoint):
+        with pytest.raises(ModelLoadError, match="connection refused.*`hf download pcpo-test-org/gone`") as ei:
+            load_model("sd3", "pcpo-test-org/gone")
+    assert "\n" not in str(ei.value)
 
 
 # ---------------------------------------------------------------------------

@@ -25,8 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.delenv("PCPO_ALLOW_DOWNLOAD", raising=False)
+def offline(monkeypatch, tmp_path):
+    """huggingface_hub's offline mode and an empty data root: nothing here reaches a network."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("PCPO_DATA", str(tmp_path / "data"))
     for v in ("PCPO_AESTHETIC_CLIP", "PCPO_AESTHETIC_HEAD", "PCPO_HPS_CHECKPOINT", "PCPO_PICKSCORE_MODEL",
               "PCPO_PICKSCORE_PROCESSOR", "PCPO_CLIPSCORE_MODEL", "PCPO_IMAGEREWARD_CHECKPOINT",
               "PCPO_IMAGEREWARD_MED_CONFIG", "PCPO_IMAGEREWARD_TOKENIZER"):
