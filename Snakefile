@@ -9,17 +9,12 @@
 # the matrix); a bad one stops the dry run with one line. A dry run writes nothing: the
 # effective config that jobs read is written in `onstart:` (real runs only).
 
-import sys
-
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
 
 
-def config_error(msg):
-    """Stop before any work with one line naming the field and the fix (no traceback)."""
-    print(f"config: {msg}", file=sys.stderr)
-    raise SystemExit(1)
+include: "workflow/rules/checks.smk"
 
 
 # The default experiment, unless --configfile names one. A --configfile without `experiment:`
@@ -32,9 +27,6 @@ if "experiment" not in config:
         )
 
     configfile: "config/tiny.yaml"
-
-
-include: "workflow/rules/checks.smk"
 
 
 check_schema("workflow/schemas/config.schema.yaml")
