@@ -38,6 +38,7 @@ include: "workflow/rules/common.smk"
 check_matrix()
 
 
+include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"

@@ -73,7 +73,7 @@ GiB = 2**30
 # architecture configs (facts from the model cards' config.json files)
 # ---------------------------------------------------------------------------
 
-SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 (and CompVis SD1.4): unet/config.json
+SD15_UNET = dict(  # stable-diffusion-v1-5/stable-diffusion-v1-5 (and CompVis SD1.4): unet/config.json
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),

@@ -29,6 +29,10 @@ when the files do).  ``serve_files(root, drop_after=N, drops=1)`` serves ``root/
 support; with ``drop_after`` its first ``drops`` responses close the connection after N body bytes
 (a dropped download).  Both run in daemon threads, stop when the ``with`` block ends and in any case after
 ``timeout`` seconds.
+
+As pytest fixtures (``from tests.loopback import loopback_hub, loopback_files`` in a test module or
+conftest): each yields ``SimpleNamespace(root, url)``, an empty folder under ``tmp_path`` served live
+(files written after the start are served too).
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["serve_hub", "serve_files", "hub_environment", "ServerURL", "repo_commit"]
+__all__ = ["serve_hub", "serve_files", "hub_environment", "ServerURL", "repo_commit", "loopback_hub",
+           "loopback_files"]
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".msgpack", ".h5", ".zip", ".tar",
                 ".gz", ".npz", ".npy", ".png", ".jpg", ".jpeg", ".parquet")
@@ -336,3 +341,26 @@ def hub_environment(endpoint: str):
             os.environ.pop("HF_ENDPOINT", None)
         else:
             os.environ["HF_ENDPOINT"] = saved_env
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the servers work without pytest
+    pytest = None
+
+if pytest is not None:
+    from types import SimpleNamespace
+
+    @pytest.fixture
+    def loopback_hub(tmp_path):
+        root = tmp_path / "loopback-hub"
+        root.mkdir()
+        with serve_hub(root) as url:
+            yield SimpleNamespace(root=root, url=url)
+
+    @pytest.fixture
+    def loopback_files(tmp_path):
+        root = tmp_path / "loopback-files"
+        root.mkdir()
+        with serve_files(root) as url:
+            yield SimpleNamespace(root=root, url=url)

@@ -309,6 +309,7 @@ def verify_snapshot(folder: str | os.PathLike) -> dict[str, str]:
     compare; returns ``{relative path: sha256 or blob id}``.  A mismatch deletes the blob and raises."""
     folder = Path(folder)
     out: dict[str, str] = {}
+    log.info("verifying the files of %s against their sha256", folder)
     for p in sorted(folder.rglob("*")):
         if not p.is_file():
             continue
@@ -343,7 +344,7 @@ def explain_load_failure(err: BaseException, repo: str, *, filename: str | None 
         if mapped is not None:
             return mapped
     text = " ".join(str(e) for e in chain)
-    if hf_offline() or "offline" in text.lower() or "local_files_only" in text or "cannot find the requested files" in text.lower():
+    if hf_offline() or "cannot find the requested files" in text.lower():
         reason = "HF_HUB_OFFLINE is set" if hf_offline() else "not in the local Hugging Face cache"
         hub = hf_endpoint() or "https://huggingface.co"
         what = f"{repo}/{filename}" if filename else repo

@@ -66,6 +66,22 @@ def _present(stamp: dict | None) -> bool:
     return ok
 
 
+def _stamp_matches(e: Entry, stamp: dict) -> bool:
+    """The stamp was written for this version of the entry (same pinned sha256 / revision / preparation)."""
+    if e.kind in ("url", "torch_hub_file") and e.sha256 is not None:
+        if (stamp.get("archive_sha256") or stamp.get("sha256")) != e.sha256:
+            return False
+    if e.kind == "hf_file" and e.sha256 is not None and stamp.get("sha256") != e.sha256:
+        return False
+    if e.kind.startswith("hf_") and stamp.get("revision") != e.revision:
+        return False
+    if e.prepare:
+        prep = stamp.get("prepared") or {}
+        if (prep.get("n_images"), prep.get("resolution")) != (int(e.prepare["n"]), int(e.prepare["resolution"])):
+            return False
+    return True
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     from pcpo.utils import atomic_path
 
@@ -197,7 +213,7 @@ def fetch_entry(e: Entry, cat: dict[str, Entry], root: str | os.PathLike, *, pro
     if e.name in _seen:
         raise DataError(f"catalogue entry {e.name!r}: prepare.captions_from forms a cycle")
     old = read_stamp(root, e.name)
-    if not force and _present(old):
+    if not force and _present(old) and _stamp_matches(e, old):
         log.info("%s: present and verified (%s)", e.name, old["path"])
         return old
     log.info("%s: fetching from %s", e.name, e.source_label())
@@ -210,12 +226,18 @@ def fetch_entry(e: Entry, cat: dict[str, Entry], root: str | os.PathLike, *, pro
             cap = fetch_entry(get_entry(cat, prep["captions_from"]), cat, root, progress=progress, force=False,
                               _seen=_seen + (e.name,))
             captions = cap["path"]
-        from pcpo.data.prepare import prepare_image_folder
+        from pcpo.data.prepare import check_image_folder, prepare_image_folder
 
         out = e.prepared_path(root)
-        manifest = prepare_image_folder(stamp["path"], out, name=e.name, source=e.source_label(), n=int(prep["n"]),
-                                        resolution=int(prep["resolution"]), seed=int(prep.get("seed", 0)),
-                                        captions=captions, workers=workers, progress=progress)
+        manifest = None if force else check_image_folder(out)
+        if manifest is not None and (manifest.get("source"), manifest.get("seed")) == (e.source_label(),
+                                                                                      int(prep.get("seed", 0))):
+            log.info("%s: %s is already prepared (%d images)", e.name, out, manifest["n_images"])
+        else:
+            manifest = prepare_image_folder(stamp["path"], out, name=e.name, source=e.source_label(),
+                                            n=int(prep["n"]), resolution=int(prep["resolution"]),
+                                            seed=int(prep.get("seed", 0)), captions=captions, workers=workers,
+                                            progress=progress)
         stamp["prepared"] = {"path": str(out), "n_images": manifest["n_images"],
                              "resolution": manifest["resolution"], "files_sha256": manifest["files_sha256"]}
     stamp["fetched"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

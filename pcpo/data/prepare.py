@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -94,19 +95,32 @@ def _members(archive: Path) -> list[str]:
     return sorted(names)
 
 
+_local = threading.local()
+
+
+def _zip(archive: Path) -> zipfile.ZipFile:
+    """This thread's open handle on ``archive`` (reading a large zip's directory once per thread, not per window)."""
+    z = getattr(_local, "zips", {}).get(str(archive))
+    if z is None:
+        _local.zips = getattr(_local, "zips", {})
+        z = _local.zips[str(archive)] = zipfile.ZipFile(archive)
+    return z
+
+
 def _render(archive: Path, members: list[str], resolution: int) -> list[bytes]:
     """Decode, crop, resize and PNG-encode ``members`` (one window; PIL releases the GIL while it works)."""
     from PIL import Image
 
     out = []
-    with zipfile.ZipFile(archive) as z:
-        for m in members:
-            with z.open(m) as f:
-                img = Image.open(io.BytesIO(f.read()))
-                img.load()
-            buf = io.BytesIO()
-            center_crop_resize(img, resolution).save(buf, format="PNG")
-            out.append(buf.getvalue())
+    z = _zip(archive)
+    for m in members:
+        with z.open(m) as f:
+            img = Image.open(io.BytesIO(f.read()))
+            img.load()
+        buf = io.BytesIO()
+        # zlib level 1: lossless like any level, 5x less CPU than the default 6 for ~17% larger files
+        center_crop_resize(img, resolution).save(buf, format="PNG", compress_level=1)
+        out.append(buf.getvalue())
     return out
 
 

@@ -175,3 +175,16 @@ def test_url_rewrite_and_root_relative_dest(monkeypatch, tmp_path):
     assert under_root("data/prompts/x.txt", tmp_path) == tmp_path / "prompts" / "x.txt"
     assert under_root("weights/y.pth", tmp_path) == tmp_path / "weights" / "y.pth"
     assert under_root(os.path.abspath("/abs/z"), tmp_path) == type(tmp_path)("/abs/z")
+
+
+def test_a_changed_catalogue_entry_is_fetched_again(served, pcpo, monkeypatch):
+    cat = catalogue(served)
+    with serve_files(served.src) as url:
+        monkeypatch.setenv("PCPO_DATA_ENDPOINT", url)
+        assert pcpo("data", "fetch", "prompts", "--catalogue", cat, "--no-progress")[0] == 0
+        (served.src / HOST / URL_PATH).write_bytes(PROMPTS + b"one more\n")
+        cat = catalogue(served, sha=sha256(PROMPTS + b"one more\n"))
+        rc, _, err = pcpo("data", "fetch", "prompts", "--catalogue", cat, "--no-progress")
+        assert rc == 0, err
+    assert (served.root / "prompts" / "train.txt").read_bytes() == PROMPTS + b"one more\n"
+    assert len(url.log) == 2

@@ -151,3 +151,21 @@ def test_torch_hub_file_lands_where_torch_hub_finds_it(data_env, pcpo, monkeypat
     # torch.hub's own loader, with the canonical URL, takes the cached file (the host does not exist)
     got = torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu")
     assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+from tests.loopback import loopback_files, loopback_hub  # noqa: E402,F401 - the fixtures
+
+
+def test_loopback_fixtures_serve_what_is_written_after_the_start(loopback_hub, loopback_files):
+    import requests
+    from huggingface_hub import HfApi
+
+    (loopback_files.root / "h.example.org").mkdir()
+    (loopback_files.root / "h.example.org" / "f.bin").write_bytes(b"0123456789")
+    r = requests.get(f"{loopback_files.url}/h.example.org/f.bin", headers={"Range": "bytes=3-5"}, timeout=10)
+    assert (r.status_code, r.content, r.headers["Content-Range"]) == (206, b"345", "bytes 3-5/10")
+    assert requests.get(f"{loopback_files.url}/nope", timeout=10).status_code == 404
+    (loopback_hub.root / "o" / "r").mkdir(parents=True)
+    (loopback_hub.root / "o" / "r" / "a.json").write_text("{}")
+    info = HfApi(endpoint=loopback_hub.url).model_info("o/r")
+    assert info.sha == repo_commit(loopback_hub.root / "o" / "r") and [s.rfilename for s in info.siblings] == ["a.json"]

@@ -236,6 +236,43 @@ def test_missing_weights_are_named(name, options, must_name):
         assert s in str(ei.value), (s, str(ei.value))
 
 
+def test_aesthetic_head_is_fetched_from_the_catalogue_by_default(tiny_clip, tmp_path, monkeypatch):
+    """No head option or variable: the loader takes the data root's copy, fetching it (verified) first."""
+    import hashlib
+
+    import huggingface_hub.constants
+    import yaml
+
+    from tests.loopback import serve_files
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    head = _head(8, seed=5)
+    www = tmp_path / "www" / "github.example.org" / "assets"
+    www.mkdir(parents=True)
+    torch.save(head.state_dict(), www / "sac+logos+ava1-l14-linearMSE.pth")
+    digest = hashlib.sha256((www / "sac+logos+ava1-l14-linearMSE.pth").read_bytes()).hexdigest()
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"aesthetic-head": {
+        "kind": "url", "url": "https://github.example.org/assets/sac+logos+ava1-l14-linearMSE.pth",
+        "sha256": digest, "dest": "data/weights/sac+logos+ava1-l14-linearMSE.pth"}}))
+    monkeypatch.setenv("PCPO_DATA_CATALOGUE", str(tmp_path / "sources.yaml"))
+    with serve_files(tmp_path / "www") as url:
+        monkeypatch.setenv("PCPO_DATA_ENDPOINT", url)
+        fn = get_reward("aesthetic", clip=tiny_clip)
+    assert (tmp_path / "data" / "weights" / "sac+logos+ava1-l14-linearMSE.pth").is_file()
+    imgs = images(seed=4)
+    expected, _ = get_reward("aesthetic", clip=tiny_clip, head=str(www / "sac+logos+ava1-l14-linearMSE.pth"))(
+        imgs, PROMPTS, None)
+    assert torch.equal(fn(imgs, PROMPTS, None)[0], expected)
+    # offline, with no copy in the data root: one line naming the head and the fetch command
+    monkeypatch.setenv("PCPO_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from pcpo.rewards.learned import RewardWeightsError
+
+    with pytest.raises(RewardWeightsError, match="sac.*pcpo data fetch aesthetic-head.*PCPO_AESTHETIC_HEAD"):
+        get_reward("aesthetic", clip=tiny_clip)
+
+
 def test_aesthetic_missing_clip_is_named(tmp_path):
     from pcpo.rewards.learned import RewardWeightsError
 

@@ -5,6 +5,7 @@ rule evaluate:
     input:
         samples=f"{RESULTS}/samples/{{path}}/manifest.json",
         clf=classifier_inputs(),
+        data=DATA_STAMPS["evaluate"],
     output:
         f"{RESULTS}/metrics/{{path}}.json",
     log:

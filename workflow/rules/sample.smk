@@ -4,6 +4,7 @@
 rule sample_base:
     input:
         lambda w: pretrained_inputs(w.model),
+        data=DATA_STAMPS["sample"],
     output:
         f"{RESULTS}/samples/{{model}}/base/manifest.json",
     log:
@@ -29,6 +30,7 @@ rule sample_base:
 rule sample:
     input:
         f"{RESULTS}/runs/{RUN}/DONE",
+        data=DATA_STAMPS["sample"],
     output:
         f"{RESULTS}/samples/{RUN}/epoch{{epoch}}/manifest.json",
     log:

@@ -6,6 +6,7 @@
 rule train:
     input:
         lambda w: pretrained_inputs(w.model) + classifier_inputs(),
+        data=DATA_STAMPS["train"],
     output:
         metrics=f"{RESULTS}/runs/{RUN}/metrics.csv",
         done=f"{RESULTS}/runs/{RUN}/DONE",
