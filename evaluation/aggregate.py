@@ -7,7 +7,9 @@ Layout read (all under ``results/<experiment>/``):
 
 Written to ``tables/``: ``all_metrics.csv`` (one row per evaluated checkpoint,
 the base model as epoch -1 of every run's curve), ``training.csv``,
-``credit_audit.csv`` and ``networks.csv`` (which network produced each metric).
+``credit_audit.csv`` and ``networks.csv`` (which network produced each metric, on how many
+images of which prompt set, against which reference set).  ``all_metrics.csv`` carries each
+metric's image count as ``<metric>_n`` and its reference set as ``<metric>_ref``.
 """
 from __future__ import annotations
 
@@ -52,9 +54,24 @@ def _flatten(metrics: dict) -> tuple[dict, list[dict]]:
         values[name] = m.get("value")
         if "std" in m:
             values[f"{name}_std"] = m["std"]
+        if m.get("n") is not None:  # images the number was computed on (FID-n)
+            values[f"{name}_n"] = int(m["n"])
+        ref = reference_label(m)
+        if ref:
+            values[f"{name}_ref"] = ref
         nets.append({"metric": name, "network": m.get("network", ""), "weights": weights_label(m.get("weights")),
-                     "sha256": m.get("sha256") or "", "note": m.get("note", "")})
+                     "sha256": m.get("sha256") or "", "n": m.get("n", ""), "prompt_set": m.get("prompt_set", ""),
+                     "reference": ref, "note": m.get("note", "")})
     return values, nets
+
+
+def reference_label(m: dict) -> str:
+    """``name (n=N)`` of the reference set a distribution metric compared against, else ''."""
+    name = m.get("reference") or m.get("real_name")
+    if not name:
+        return ""
+    n = m.get("reference_n", m.get("n_real"))
+    return f"{name} (n={n})" if n is not None else str(name)
 
 
 def weights_label(weights) -> str:
@@ -82,7 +99,7 @@ def load_evaluations(results: Path, matrix_rewards: dict[str, list[str]]) -> tup
                 rows.append({"model": m["model"], "reward": reward, "algorithm": "base", "seed": -1, "epoch": -1,
                              **values, "eval_reward": values.get(f"reward/{reward}")})
     df = pd.DataFrame(rows)
-    nd = pd.DataFrame(nets).drop_duplicates() if nets else pd.DataFrame(columns=["metric", "network", "weights", "sha256", "note"])
+    nd = pd.DataFrame(nets).drop_duplicates() if nets else pd.DataFrame(columns=["metric", "network", "weights", "sha256", "n", "prompt_set", "reference", "note"])
     return df, nd
 
 

@@ -37,13 +37,28 @@ def _report(args) -> int:
     return 0
 
 
+def resolve_device(device: str | None) -> str:
+    """``auto`` (default): the job's GPU when torch sees one, else the CPU; or the device named."""
+    import torch
+
+    from pcpo.cli import UserError
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible to this process")
+    return str(device)
+
+
 def _evaluate(args) -> int:
     from evaluation.evaluate import evaluate_folder
     from pcpo.utils import atomic_write_json
 
     cfg = _load_yaml(args.config)
+    device = resolve_device(args.device)
+    log.info("evaluating %s on %s", args.samples, device)
     result = evaluate_folder(args.samples, cfg, rewards=args.reward, metrics=args.metric,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, device=device)
     atomic_write_json(args.out, result)
     for name, m in result["metrics"].items():
         log.info("%s = %.5g  [%s]", name, m["value"], m.get("network", ""))
@@ -56,8 +71,11 @@ def add_parser(sub) -> None:
     p.add_argument("--config", help="experiment YAML (reward options, reference data)")
     p.add_argument("--out", required=True, help="output JSON")
     p.add_argument("--reward", action="append", help="reward to evaluate (repeatable); default: the config's")
-    p.add_argument("--metric", action="append", help="reward, fid, kid, is, diversity, fd_dino (repeatable)")
+    p.add_argument("--metric", action="append", help="reward, fid, kid, is, diversity, diversity_inception, "
+                   "coverage, fd_dino (repeatable)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="where the metric networks run: auto (the GPU when there is "
+                   "one, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=_evaluate)
     a = sub.add_parser("aggregate", help="collect all runs' logs and metrics into tidy tables")
     a.add_argument("--results", required=True, help="results/<experiment>")

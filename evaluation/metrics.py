@@ -71,6 +71,15 @@ LPIPS_MIN_SIZE = 64
 
 ImagesLike = Union[torch.Tensor, np.ndarray]
 
+#: ``pcpo data fetch`` names of the networks the metrics need (the data catalogue's names)
+FETCH_INCEPTION = "inception-fidelity"   # torch-fidelity's original Inception (with classifier): IS
+FETCH_LPIPS_ALEXNET = "lpips-alexnet"    # torchvision's AlexNet ImageNet weights: LPIPS diversity
+FETCH_DINOV2 = "dinov2-large"            # facebook/dinov2-large: FD-DINO
+
+
+class MissingNetwork(FileNotFoundError, RuntimeError):
+    """A metric's network is not on this machine; the message is one line naming what to fetch."""
+
 
 # =========================================================================== I/O & conversion
 
@@ -483,6 +492,12 @@ def torch_fidelity_reference(fake: ImagesLike, real: ImagesLike, *, batch_size: 
 # =========================================================================== Inception Score
 
 
+def inception_classifier_missing() -> str:
+    return (f"is: the Inception Score needs torch-fidelity's Inception with its classifier "
+            f"({_inc.TORCH_FIDELITY_WEIGHTS_NAME} in the torch hub cache); run `pcpo data fetch {FETCH_INCEPTION}` "
+            "or name a task classifier (evaluation.reference.classifier)")
+
+
 def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, shuffle: bool = True,
                                 seed: int = DEFAULT_SEED) -> Dict[str, float]:
     """exp(E_x KL(p(y|x) || p(y))) per split; mean and std over splits (torch-fidelity's estimator)."""
@@ -553,11 +568,7 @@ def inception_score(
     splits = min(int(splits), x.shape[0])
     if classifier is None:
         if not _inc.has_real_logits():
-            raise RuntimeError(
-                "Inception Score with the FID Inception needs its real classifier weights "
-                "(torch-fidelity's weights-inception-2015-12-05-6726825d.pth), which are not available "
-                "offline; pass the task's classifier instead (inception_score(images, classifier=...))."
-            )
+            raise MissingNetwork(inception_classifier_missing())
         u8 = to_uint8_rgb(x)
         fe = _inc.load_feature_extractor(("logits_unbiased",), device=device)
         chunks = []
@@ -601,6 +612,11 @@ def class_coverage(
     x = _as_tensor(images)
     batch_size = _check_batch_size(batch_size)
     logits = _classifier_logits(classifier, x, batch_size, device)
+    return {**class_coverage_from_logits(logits), **_classifier_identity(classifier, classifier_name)}
+
+
+def class_coverage_from_logits(logits: torch.Tensor) -> Dict[str, object]:
+    """:func:`class_coverage` from the classifier's (N, K) logits (without the network fields)."""
     if not torch.isfinite(logits).all():
         raise ValueError("classifier produced non-finite logits")
     k = int(logits.shape[1])
@@ -613,8 +629,7 @@ def class_coverage(
     conf = torch.softmax(logits, 1).max(1).values
     return {"metric": "class_coverage", "value": entropy / math.log(k), "entropy_nats": entropy,
             "modes": int((counts > 0).sum()), "counts": [int(c) for c in counts.tolist()],
-            "mean_confidence": float(conf.mean()), "n": int(x.shape[0]), "num_classes": k,
-            **_classifier_identity(classifier, classifier_name)}
+            "mean_confidence": float(conf.mean()), "n": int(logits.shape[0]), "num_classes": k}
 
 
 # =========================================================================== diversity
@@ -762,26 +777,33 @@ def _group_indices(groups, n: int) -> List[Tuple[Hashable, List[int]]]:
     return out
 
 
+def lpips_alexnet_missing() -> str:
+    return (f"diversity: LPIPS needs torchvision's AlexNet weights ({ALEXNET_WEIGHTS_NAME} in the torch hub cache); "
+            f"run `pcpo data fetch {FETCH_LPIPS_ALEXNET}`, or measure diversity_inception (another metric) instead")
+
+
 def _make_distance(backbone: str, device) -> _FeatureDistance:
-    if backbone == "auto":
-        backbone = "lpips_alex" if lpips_alex_available() else "inception"
     if backbone in ("lpips_alex", "lpips"):
-        return _LpipsAlexDistance(device, find_alexnet_weights())
+        weights = find_alexnet_weights()
+        if weights is None:
+            raise MissingNetwork(lpips_alexnet_missing())
+        return _LpipsAlexDistance(device, weights)
     if backbone in ("inception", "inception_feature_distance"):
         return _InceptionFeatureDistance(device)
     if backbone == "_lpips_alex_random_trunk":
         return _LpipsAlexDistance(device, None, _random_trunk=True)
-    raise ValueError(f"unknown diversity backbone {backbone!r} (auto | lpips_alex | inception)")
+    raise ValueError(f"unknown diversity backbone {backbone!r} (lpips_alex | inception)")
 
 
 def diversity(
     images: ImagesLike,
     groups,
-    backbone: str = "auto",
+    backbone: str = "lpips_alex",
     *,
     batch_size: int = 32,
     device="cpu",
     memo: Optional[FeatureMemo] = None,
+    distance: Optional[_FeatureDistance] = None,
 ) -> Dict[str, object]:
     """Mean pairwise perceptual distance within each prompt group, averaged over groups.
 
@@ -791,12 +813,17 @@ def diversity(
     inputs share one feature computation, so identical images are at distance
     exactly 0.
 
-    ``backbone``: "auto" -> "lpips_alex" (real LPIPS) if torchvision's AlexNet
-    weights are in the torch hub cache, else "inception" = the clearly
-    non-LPIPS substitute ``inception_feature_distance`` (LPIPS-style distance on
-    the FID Inception's blocks :data:`DIVERSITY_INCEPTION_LAYERS`, mean over
-    blocks, no learned heads; images quantised to uint8 and resized to 299 like
-    for FID).  LPIPS inputs smaller than 64 px are bilinearly upsampled to 64.
+    ``backbone``: "lpips_alex" (default): real LPIPS v0.1 with torchvision's
+    AlexNet from the torch hub cache; :class:`MissingNetwork` when those weights
+    are absent (never a quiet substitute).  "inception": a different metric,
+    reported as ``diversity_inception`` (network ``inception_feature_distance``:
+    an LPIPS-style distance on the FID Inception's blocks
+    :data:`DIVERSITY_INCEPTION_LAYERS`, mean over blocks, no learned heads;
+    images quantised to uint8 and resized to 299 like for FID).  LPIPS inputs
+    smaller than 64 px are bilinearly upsampled to 64.
+
+    ``distance``: a network built once by :func:`_make_distance` (streamed evaluation
+    calls this per chunk of groups); overrides ``backbone``.
 
     ``memo``: with the Inception backbone, the pool3 features of every image
     passed through the network are stored there (see :data:`FeatureMemo`), so
@@ -805,7 +832,7 @@ def diversity(
     x = _as_tensor(images)
     batch_size = _check_batch_size(batch_size)
     gidx = _group_indices(groups, x.shape[0])
-    dist = _make_distance(backbone, device)
+    dist = distance if distance is not None else _make_distance(backbone, device)
     prepared = dist.prepare(x)
 
     per_group = []
@@ -850,7 +877,7 @@ def diversity(
     if not per_group:
         raise ValueError("diversity needs at least one group with 2 or more images")
     return {
-        "metric": "diversity",
+        "metric": "diversity_inception" if isinstance(dist, _InceptionFeatureDistance) else "diversity",
         "value": float(np.mean([g["value"] for g in per_group])),
         "per_group": per_group,
         "n_groups": len(per_group),
@@ -860,3 +887,163 @@ def diversity(
         "weights": dist.weights,
         "sha256": dist.sha256,
     }
+
+
+# =========================================================================== streamed image folders
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def folder_images(path) -> List[Path]:
+    """The image files of a folder (non-recursive), sorted by name."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"reference folder {folder} does not exist")
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: p.name)
+    if not files:
+        raise FileNotFoundError(f"no images in reference folder {folder}")
+    return files
+
+
+def files_sha256(files: List[Path]) -> str:
+    """sha256 over the sorted ``"name sha256"`` lines of ``files`` (the reference manifest's ``files_sha256``)."""
+    h = hashlib.sha256()
+    for p in sorted(files, key=lambda p: p.name):
+        h.update(f"{p.name} {_inc.file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def folder_identity(path) -> Dict[str, object]:
+    """Name, image count and content key of a reference folder.
+
+    A prepared folder's ``manifest.json`` gives ``files_sha256`` (checked against the image
+    count on disk); a plain folder is hashed here, file by file, with the same definition.
+    """
+    folder = Path(path)
+    files = folder_images(folder)
+    man_p = folder / "manifest.json"
+    if man_p.is_file():
+        man = json.loads(man_p.read_text())
+        key = man.get("files_sha256")
+        n = man.get("n_images")
+        if not key or n is None:
+            raise ValueError(f"{man_p}: no files_sha256/n_images; prepare the folder again (pcpo data fetch)")
+        if int(n) != len(files):
+            raise ValueError(f"{man_p}: n_images {n} but {len(files)} images in the folder; prepare it again "
+                             "(pcpo data fetch)")
+        return {"files": files, "key": str(key), "key_source": "manifest files_sha256", "n": len(files),
+                "name": man.get("name") or folder.name, "resolution": man.get("resolution")}
+    return {"files": files, "key": files_sha256(files), "key_source": "hashed listing", "n": len(files),
+            "name": folder.name, "resolution": None}
+
+
+def load_uint8_rgb(files: List[Path]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) of a few image files (one size); grayscale and palettes become RGB."""
+    from PIL import Image
+
+    arrays = []
+    for p in files:
+        with Image.open(p) as im:
+            arrays.append(np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images {files[0].parent} {[p.name for p in files][:3]}...: different sizes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def iter_uint8_batches(files: List[Path], batch_size: int):
+    """uint8 (B, 3, H, W) batches of ``files`` in order; one batch in memory at a time."""
+    batch_size = _check_batch_size(batch_size)
+    for s in range(0, len(files), batch_size):
+        yield load_uint8_rgb(files[s : s + batch_size])
+
+
+def stream_features(files: List[Path], extract: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+                    desc: str = "features") -> torch.Tensor:
+    """float32 (N, D) features of image files, ``extract`` applied batch by batch (uint8 RGB in)."""
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(files), desc=desc, unit="img", disable=len(files) <= batch_size) as bar:
+        for u8 in iter_uint8_batches(files, batch_size):
+            out.append(extract(u8).detach().to("cpu", torch.float32))
+            bar.update(u8.shape[0])
+    return torch.cat(out)
+
+
+def pool3_extractor(device="cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (B,3,H,W) -> pool3 (B, 2048) of the FID Inception."""
+    fe = _inc.load_feature_extractor((FEATURE_LAYER,), device=device)
+
+    @torch.inference_mode()
+    def run(u8):
+        (f,) = fe(u8.to(device))
+        return f
+    return run
+
+
+def folder_reference(
+    path,
+    *,
+    name: Optional[str] = None,
+    network: str = "inception",
+    extract: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    network_fields: Optional[Dict[str, object]] = None,
+    batch_size: int = 32,
+    device="cpu",
+    cache: bool = True,
+    identity: Optional[Dict[str, object]] = None,
+) -> Dict[str, object]:
+    """Features and Fréchet statistics of a reference folder, streamed in batches and cached.
+
+    Cache key: the folder's content key (:func:`folder_identity`: the manifest's
+    ``files_sha256``, else the hashed listing) and the network's weights sha256, under
+    ``$PCPO_CACHE/fid_refs``.  ``network="inception"`` uses the FID Inception's pool3;
+    other networks pass ``extract`` (uint8 RGB batch -> features) and ``network_fields``
+    (``network``, ``weights``, ``sha256``).  Only one batch of images is in memory at a time.
+    """
+    ident = identity or folder_identity(path)
+    name = name or str(ident["name"])
+    if network == "inception":
+        net = _network_fields()
+        extract = extract or pool3_extractor(device)
+    else:
+        if extract is None or not network_fields:
+            raise ValueError("a non-Inception reference needs extract and network_fields")
+        net = dict(network_fields)
+    tag = f"{_safe(network)}{str(net['sha256'])[:12]}"
+    cpath = _inc.cache_dir() / "fid_refs" / f"{_safe(name)}-n{ident['n']}-{str(ident['key'])[:16]}-{tag}.npz"
+    if cache and cpath.is_file():
+        with np.load(cpath, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") == ident["key"] and meta.get("sha256") == net["sha256"]:
+                return _folder_ref(name, ident, torch.from_numpy(z["features"].copy()), z["mu"].copy(),
+                                   z["sigma"].copy(), cpath, net)
+    feats = stream_features(ident["files"], extract, batch_size, desc=f"reference {name}")
+    mu, sigma = _stats(feats)
+    if cache:
+        meta = {"name": name, "n": ident["n"], "key": ident["key"], "key_source": ident["key_source"],
+                "sha256": net["sha256"], "network": net["network"], "folder": str(Path(path))}
+        buf = io.BytesIO()
+        np.savez(buf, features=feats.numpy(), mu=mu, sigma=sigma, meta=np.array(json.dumps(meta)))
+        _inc._atomic_write_bytes(cpath, buf.getvalue())
+    return _folder_ref(name, ident, feats, mu, sigma, cpath if cache else None, net)
+
+
+def _stats(feats: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    st = fid_features_to_statistics(feats)
+    return st["mu"], st["sigma"]
+
+
+def _folder_ref(name, ident, feats, mu, sigma, path, net):
+    return {"kind": "fid_reference", "name": str(name), "resolution": ident.get("resolution"), "count": int(ident["n"]),
+            "fingerprint": ident["key"], "key_source": ident["key_source"], "features": feats, "mu": mu,
+            "sigma": sigma, "path": None if path is None else str(path), **net}
+
+
+def frechet_distance(features_fake: torch.Tensor, features_real: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula on any features)."""
+    return fid_from_features(features_fake, features_real)

@@ -20,7 +20,9 @@ from evaluation.collapse import (
 from evaluation.significance import SignificanceSettings, significance_settings, significance_table
 from pcpo.utils import atomic_path, atomic_write_text
 
-QUALITY = ["fid", "kid", "is", "diversity", "coverage"]
+# distribution and diversity metrics; each metric's image count (``<metric>_n``) and reference set
+# (``<metric>_ref``) come along in the tables
+QUALITY = ["fid", "kid", "is", "fd_dino", "diversity", "diversity_inception", "coverage"]
 
 
 # ------------------------------------------------------------------ tables
@@ -99,6 +101,10 @@ def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int =
                 lastp = p[p["epoch"] == p["epoch"].max()]
                 for col in ["eval_reward"] + [q for q in QUALITY if q in lastp]:
                     row[f"final_{col}"] = float(lastp[col].mean())
+                    for extra in ("n", "ref"):  # what the number was measured on
+                        if f"{col}_{extra}" in lastp and lastp[f"{col}_{extra}"].notna().any():
+                            v = lastp[f"{col}_{extra}"].dropna().iloc[0]
+                            row[f"final_{col}_{extra}"] = int(v) if extra == "n" else str(v)
         rows.append(row)
     return pd.DataFrame(rows)
 

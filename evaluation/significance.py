@@ -104,7 +104,7 @@ from pcpo.config import ConfigError
 
 EXACT_LIMIT = 4096  # enumerate sign patterns / splits exactly up to this many
 FINAL_LAST_K = 3  # final reward: mean of the last 3 epochs, as final_reward_table
-MATCHED_METRICS = ["fid", "kid", "diversity", "coverage"]
+MATCHED_METRICS = ["fid", "kid", "fd_dino", "diversity", "diversity_inception", "coverage"]
 
 # metric -> (words in a verdict, higher is better)
 METRICS = {
@@ -112,7 +112,9 @@ METRICS = {
     "final_reward": ("final training reward", True),
     "fid": ("FID", False),
     "kid": ("KID", False),
+    "fd_dino": ("FD-DINO", False),
     "diversity": ("diversity", True),
+    "diversity_inception": ("Inception-feature diversity", True),
     "coverage": ("class coverage", True),
 }
 

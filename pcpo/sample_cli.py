@@ -19,29 +19,84 @@ def save_png(img, path: Path) -> None:
         Image.fromarray(a.transpose(1, 2, 0)).save(path)
 
 
-def sample_images(adapter, prompts: list[tuple[str, dict]], *, n_per_prompt: int, seed: int, sampler: str, steps: int,
-                  eta: float, noise_level: float, guidance_scale: float | None, batch_size: int, predict_fn=None,
-                  progress: bool = True):
-    """Images (N, C, H, W) and per-image records, N = len(prompts) * n_per_prompt.
+def image_noise(seed: int, index: int, steps: int, shape: tuple[int, ...]):
+    """Initial state (*shape) and per-step noise (steps, *shape) of image ``index`` of a sample set.
 
-    All noise comes from one generator seeded with ``seed`` in a fixed order, so
-    the same prompts and seeds give the same starting noise for every model.
+    Each image draws from its own generator, seeded from (``seed``, ``index``), so an image's
+    noise depends neither on the batch size nor on how many images are sampled: the first N
+    images of a larger set are the N images of a smaller one, for every model alike.
     """
+    import hashlib
+
     import torch
 
-    from pcpo.rollout import make_grid, rollout
+    key = int.from_bytes(hashlib.sha256(f"pcpo-sample/{int(seed)}/{int(index)}".encode()).digest()[:8], "little")
+    gen = torch.Generator().manual_seed(key & ((1 << 63) - 1))
+    x0 = torch.randn(shape, generator=gen)
+    z = torch.randn((steps, *shape), generator=gen)
+    return x0, z
 
+
+def iter_samples(adapter, prompts: list[tuple[str, dict]], *, n_per_prompt: int, seed: int, sampler: str, steps: int,
+                 eta: float, noise_level: float, guidance_scale: float | None, batch_size: int, predict_fn=None,
+                 progress: bool = True, index_offset: int = 0):
+    """Yield ``(images, texts, metadata)`` batches of at most ``batch_size`` images, in order.
+
+    Image k (of ``len(prompts) * n_per_prompt``) is prompt ``k // n_per_prompt``; its noise is
+    :func:`image_noise` (seed, ``index_offset`` + k).  Only one batch is encoded, denoised and
+    decoded at a time, and nothing of it is kept after it is yielded: host and device memory
+    do not grow with the number of prompts.  The denoising loop is the rollout's
+    (:func:`pcpo.rollout.rollout`) without the trajectory it records for training.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from pcpo.rollout import make_grid
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
     grid = make_grid(adapter.schedule(), sampler, steps, eta=eta, noise_level=noise_level)
-    texts, metas, gids = [], [], []
-    for i, (p, m) in enumerate(prompts):
-        for j in range(n_per_prompt):
-            texts.append(p)
-            metas.append({**m, "prompt_index": i, "sample_index": j})
-            gids.append(i)
-    gen = torch.Generator().manual_seed(seed)
-    traj = rollout(adapter, texts, grid, guidance_scale, gen, metas, torch.tensor(gids), batch_size=batch_size,
-                   progress=progress, predict_fn=predict_fn)
-    return traj.images, texts, metas, grid
+    T = grid.num_steps
+    g = adapter.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+    predict = predict_fn or adapter.predict_guided
+    shape = tuple(adapter.latent_shape())
+    dev, mdtype = adapter.device, adapter.dtype
+    total = len(prompts) * n_per_prompt
+    bar = tqdm(total=total, desc="sample", unit="img", disable=not progress)
+    for start in range(0, total, batch_size):
+        ks = range(start, min(start + batch_size, total))
+        texts = [prompts[k // n_per_prompt][0] for k in ks]
+        metas = [{**prompts[k // n_per_prompt][1], "prompt_index": k // n_per_prompt, "sample_index": k % n_per_prompt}
+                 for k in ks]
+        noise = [image_noise(seed, index_offset + k, T, shape) for k in ks]
+        x = torch.stack([a for a, _ in noise]).to(dev)
+        z = torch.stack([b for _, b in noise])
+        del noise
+        with torch.no_grad():
+            c = {k: v.to(dev) for k, v in adapter.encode_prompts(texts).items()}
+            u = {k: v.to(dev) for k, v in adapter.null_cond(len(texts)).items()} if g != 1.0 else None
+            for i in range(T):
+                idx = torch.full((len(texts),), i, dtype=torch.long)
+                pred = predict(x.to(mdtype), grid.model_time(idx).to(dev), c, u, g)
+                x = grid.step(idx, pred, x, noise=z[:, i].to(dev)).prev_sample
+            images = adapter.decode(x).float().cpu()
+        del c, u, x, z
+        yield images, texts, metas
+        bar.update(len(texts))
+    bar.close()
+
+
+def sample_images(adapter, prompts: list[tuple[str, dict]], **kw):
+    """All images of :func:`iter_samples` at once, (N, C, H, W), with their texts and metadata
+    (for small sets: tests, notebooks).  ``pcpo sample`` streams instead."""
+    import torch
+
+    imgs, texts, metas = [], [], []
+    for b, t, m in iter_samples(adapter, prompts, **kw):
+        imgs.append(b)
+        texts += t
+        metas += m
+    return torch.cat(imgs), texts, metas
 
 
 def _sample(args) -> int:
@@ -52,10 +107,21 @@ def _sample(args) -> int:
     from pcpo.config import load_config
     from pcpo.guidance import ImplicitRewardGuidance
     from pcpo.models import load_model
-    from pcpo.prompts import get_prompts
+    from pcpo.prompts import evaluation_prompt_sets, prompt_set
     from pcpo.utils import atomic_write_json
 
     cfg = load_config(args.config) if args.config else None
+    # every prompt set is read (and checked) before any model loads
+    evaluation = _raw_evaluation(args.config)
+    single = isinstance(evaluation.get("prompts"), dict) and "source" in evaluation["prompts"]
+    resolved = []
+    for set_name, spec in evaluation_prompt_sets(evaluation, cfg.prompts.source if cfg else "tiny",
+                                                 dict(cfg.prompts.options) if cfg else {}).items():
+        field = "evaluation.prompts" + ("" if single or set_name == "all" else f".{set_name}")
+        prompts = prompt_set(spec, field, n_per_digit=args.prompts_per_digit)
+        if args.max_prompts:
+            prompts = prompts[: args.max_prompts]
+        resolved.append((set_name, spec, prompts, int(spec.get("n_per_prompt") or args.n_per_prompt)))
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     kind = args.model_kind or (cfg.model.kind if cfg else None)
     path = args.model_path or (cfg.model.path if cfg else None)
@@ -95,35 +161,40 @@ def _sample(args) -> int:
     noise = 0.0 if args.deterministic else (args.noise_level if args.noise_level is not None else meta.get("noise_level", 0.7))
     gscale = args.guidance_scale if args.guidance_scale is not None else meta.get("guidance_scale",
                                                                                    cfg.sampling.guidance_scale if cfg else None)
-    source = cfg.prompts.source if cfg else "tiny"
-    options = dict(cfg.prompts.options) if cfg else {}
-    if args.prompts_per_digit is not None:
-        options.setdefault("eval", {})["n_per_digit"] = args.prompts_per_digit
-    prompts = get_prompts(source, options, split="eval")
-    if args.max_prompts:
-        prompts = prompts[: args.max_prompts]
-
-    images, texts, metas, grid = sample_images(
-        adapter, prompts, n_per_prompt=args.n_per_prompt, seed=args.seed, sampler=sampler, steps=steps, eta=eta,
-        noise_level=noise, guidance_scale=gscale, batch_size=args.batch_size, predict_fn=predict_fn,
-        progress=not args.no_progress)
-
     out = Path(args.out)
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
-    records = []
-    for k, (img, p, m) in enumerate(zip(images, texts, metas)):
-        name = f"{k:05d}.png"
-        save_png(img, tmp / "images" / name)
-        records.append({"file": f"images/{name}", "prompt": p, "metadata": m, "group": m["prompt_index"]})
+    records, set_info = [], {}
+    k = group0 = 0
+    for set_name, spec, prompts, npp in resolved:
+        log.info("prompt set %s: %d prompts x %d images (%s)", set_name, len(prompts), npp, spec.get("source"))
+        first = k
+        for images, texts, metas in iter_samples(
+                adapter, prompts, n_per_prompt=npp, seed=args.seed, sampler=sampler, steps=steps, eta=eta,
+                noise_level=noise, guidance_scale=gscale, batch_size=args.batch_size, predict_fn=predict_fn,
+                progress=not args.no_progress, index_offset=k):
+            for img, p, m in zip(images, texts, metas):
+                name = f"{k:05d}.png"
+                save_png(img, tmp / "images" / name)
+                rec = {"file": f"images/{name}", "prompt": p, "metadata": m, "group": group0 + m["prompt_index"]}
+                if len(resolved) > 1:
+                    rec["set"] = set_name
+                records.append(rec)
+                k += 1
+            del images
+        group0 += len(prompts)
+        set_info[set_name] = {"source": spec.get("source"), "path": spec.get("path"), "count": spec.get("count"),
+                              "seed": spec.get("seed"), "n_prompts": len(prompts), "n_per_prompt": npp,
+                              "n_images": k - first, "metrics": spec.get("metrics")}
     manifest = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "epoch": meta.get("epoch"), "algorithm": meta.get("algorithm"), "seed_train": meta.get("seed"),
         "model": {"kind": kind, "path": path}, "sampler": sampler, "steps": steps, "eta": eta,
         "noise_level": noise, "deterministic": bool(args.deterministic), "guidance_scale": gscale,
         "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(use_ema),
+        "noise": "per image: sample_cli.image_noise(seed, index)", "prompt_sets": set_info,
         "images": records,
     }
     atomic_write_json(tmp / "manifest.json", manifest)
@@ -132,6 +203,15 @@ def _sample(args) -> int:
     tmp.rename(out)
     log.info("wrote %d images to %s", len(records), out)
     return 0
+
+
+def _raw_evaluation(config) -> dict:
+    """The ``evaluation:`` block of the experiment YAML as written (the trainer's config ignores it)."""
+    if not config:
+        return {}
+    import yaml
+
+    return (yaml.safe_load(Path(config).read_text()) or {}).get("evaluation") or {}
 
 
 def _wants_ema(meta: dict, args) -> bool:

@@ -240,12 +240,11 @@ def test_class_coverage_against_a_float64_histogram_entropy():
 def test_diversity_identical_zero_and_distinct_positive(data):
     x = data["x"]
     same = torch.cat([x[:1].repeat(3, 1, 1, 1), x[1:2].repeat(3, 1, 1, 1)])
-    r = M.diversity(same, ["p0"] * 3 + ["p1"] * 3, batch_size=4)
+    r = M.diversity(same, ["p0"] * 3 + ["p1"] * 3, backbone="inception", batch_size=4)
     assert r["value"] == 0.0 and r["n_groups"] == 2 and r["n_pairs"] == 6
-    assert r["network"] == ("lpips_alex" if M.lpips_alex_available() else "inception_feature_distance")
+    # the Inception-feature distance is its own metric, never reported as (LPIPS) diversity
+    assert r["metric"] == "diversity_inception" and r["network"] == "inception_feature_distance"
     assert _has_net(r)
-    if not M.lpips_alex_available():
-        assert "lpips" not in r["network"].lower()
 
     imgs = torch.cat([x[2:6], x[6:7].repeat(2, 1, 1, 1)])
     labels = [0, 0, 0, 0, 1, 1]
@@ -317,3 +316,28 @@ def test_lpips_alexnet_weight_mapping(tmp_path):
     assert dist.name == "lpips_alex" and dist.sha256 == inc.file_sha256(p)
     for k, v in dist.model.net.state_dict().items():
         assert torch.equal(v, tv.state_dict()["features." + k.split(".", 1)[1]])
+
+
+def test_lpips_diversity_without_alexnet_fails_in_one_line(monkeypatch):
+    """No quiet substitute: without torchvision's AlexNet weights, LPIPS diversity refuses and names the fetch."""
+    monkeypatch.setattr(M, "find_alexnet_weights", lambda: None)
+    x = _blobs(4, 1)
+    with pytest.raises(M.MissingNetwork) as e:
+        M.diversity(x, [0, 0, 1, 1])
+    msg = str(e.value)
+    assert "\n" not in msg and f"pcpo data fetch {M.FETCH_LPIPS_ALEXNET}" in msg and M.ALEXNET_WEIGHTS_NAME in msg
+    with pytest.raises(ValueError, match="unknown diversity backbone"):
+        M.diversity(x, [0, 0, 1, 1], backbone="auto")
+
+
+def test_lpips_diversity_with_alexnet_is_named_lpips(tmp_path, monkeypatch):
+    import torchvision
+
+    torch.manual_seed(0)
+    p = tmp_path / M.ALEXNET_WEIGHTS_NAME
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), p)
+    monkeypatch.setattr(M, "find_alexnet_weights", lambda: str(p))
+    x = _blobs(4, 2)
+    r = M.diversity(x, [0, 0, 1, 1])
+    assert r["metric"] == "diversity" and r["network"] == "lpips_alex" and r["sha256"] == inc.file_sha256(p)
+    assert r["value"] > 0
