@@ -136,11 +136,15 @@ def _prompt_files(config: dict) -> list[tuple[str, str]]:
         if path:
             out.append(("train", str(path)))
     ev = (config.get("evaluation") or {}).get("prompts") or {}
-    if isinstance(ev, dict) and ev.get("source") == "file":
-        path = (ev.get("options") or {}).get("path") or ev.get("path")
-        if path:
-            out.append(("sample", str(path)))
-    elif p.get("source") == "file" and out:  # the samplers draw their evaluation prompts from the same source
+    # one set {source: ...} or named sets {NAME: {source: ...}} (pcpo/prompts.py evaluation_prompt_sets)
+    sets = [ev] if isinstance(ev, dict) and "source" in ev else \
+        [s for s in ev.values() if isinstance(s, dict)] if isinstance(ev, dict) else []
+    for spec in sets:
+        if spec.get("source") == "file":
+            path = (spec.get("options") or {}).get("path") or spec.get("path")
+            if path:
+                out.append(("sample", str(path)))
+    if not ev and p.get("source") == "file" and out:  # the samplers draw their evaluation prompts from the same source
         out.append(("sample", out[0][1]))
     return out
 

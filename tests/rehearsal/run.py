@@ -41,9 +41,9 @@ def matrix_cut(config: Path, work: Path) -> Path:
     return path
 
 
-def snakemake_args(config: Path, work: Path, results: Path, slurm: bool) -> list[str]:
+def snakemake_args(config: Path, work: Path, results: Path, slurm: bool, extra=()) -> list[str]:
     args = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-            "--configfile", str(config), str(OVERRIDES), str(matrix_cut(config, work)),
+            "--configfile", str(config), str(OVERRIDES), str(matrix_cut(config, work)), *map(str, extra),
             "--config", f"results={results}",
             "--workflow-profile", "none", "--printshellcmds", "--show-failed-logs"]
     if slurm:
@@ -53,7 +53,7 @@ def snakemake_args(config: Path, work: Path, results: Path, slurm: bool) -> list
     return args
 
 
-def run(config: str | os.PathLike, work: Path, env: dict, *, slurm: bool = False, timeout: float = 1800):
+def run(config: str | os.PathLike, work: Path, env: dict, *, slurm: bool = False, timeout: float = 1800, extra=()):
     """Run Snakemake; returns (returncode, output, seconds). Slurm runs start their own session so a
     timeout can stop them with SIGINT (Snakemake then cancels its Slurm jobs)."""
     import signal
@@ -61,7 +61,7 @@ def run(config: str | os.PathLike, work: Path, env: dict, *, slurm: bool = False
     config = Path(config).resolve()
     prepare_workdir(work)
     results = work / "results"
-    cmd = snakemake_args(config, work, results, slurm)
+    cmd = snakemake_args(config, work, results, slurm, extra)
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     run_env.update(env)
     run_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), run_env.get("PATH", ""), "/usr/sbin",
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("configs", nargs="+")
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--dir", default=None)
+    p.add_argument("--extra", action="append", default=[], help="a further config layer (by hand only)")
     a = p.parse_args(argv)
     base = Path(a.dir or tempfile.mkdtemp(prefix="pcpo-rehearsal-"))
     world = build_world(base / "world") if not (base / "world" / "catalogue.yaml").is_file() else \
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> int:
     rc_all = 0
     with serve_world(world, base / "home") as (env, _, _):
         for c in a.configs:
-            rc, out, secs = run(c, base / Path(c).stem, env, slurm=a.slurm)
+            rc, out, secs = run(c, base / Path(c).stem, env, slurm=a.slurm, extra=[Path(x).resolve() for x in a.extra])
             print(out[-8000:])
             print(f"rehearsal {c}: rc={rc} in {secs:.0f} s", flush=True)
             rc_all = rc_all or rc
