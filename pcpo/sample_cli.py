@@ -82,6 +82,7 @@ def iter_samples(adapter, prompts: list[tuple[str, dict]], *, n_per_prompt: int,
             images = adapter.decode(x).float().cpu()
         del c, u, x, z
         yield images, texts, metas
+        del images  # the caller has written it: not kept while the next batch is made
         bar.update(len(texts))
     bar.close()
 

@@ -325,3 +325,27 @@ def test_evaluate_cli_fd_dino_and_aggregate_columns(tmp_path, cache, tiny_dino):
     assert r.returncode == 2 and "Traceback" not in r.stderr and not out2.exists()
     errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
     assert len(errors) == 1 and "pcpo data fetch dinov2-large" in errors[0]
+
+
+@pytest.mark.parametrize("name", ["dancegrpo_flux_hpsv21", "dancegrpo_sd14_hpsv21", "ddpo_sd15_aesthetic_bs256",
+                                  "ddpo_sd15_aesthetic_bs512", "diffusionnft_sd35m_pickscore",
+                                  "flowgrpo_sd35m_pickscore"])
+def test_paper_configs_evaluate_held_out_prompts_and_fid_on_coco_captions(name):
+    import yaml
+
+    from tests.helpers import ROOT
+
+    cfg = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())
+    ev = cfg["evaluation"]
+    sets = evaluation_prompt_sets(ev, cfg["prompts"]["source"], cfg["prompts"]["options"])
+    claimed = {m: n for n, s in sets.items() for m in s["metrics"]}
+    assert set(ev["metrics"]) == set(claimed), "every metric is measured on a named prompt set"
+    assert {"fd_dino", "diversity", "is"} <= set(ev["metrics"])
+    fid = sets[claimed["fid"]]
+    # FID on COCO captions against the COCO images they describe, one image each, the count stated
+    assert fid["source"] == "coco-captions" and fid["path"] == ev["reference"]["path"]
+    assert fid["n_per_prompt"] == 1 and fid["count"] == 30000 and ev["reference"]["path"].endswith(f"-n{fid['count']}")
+    assert {claimed[m] for m in ("fid", "kid", "is", "fd_dino")} == {claimed["fid"]}
+    rew = sets[claimed["reward"]]
+    assert rew["path"] != cfg["prompts"]["options"]["path"] or "simple_animals" in rew["path"]
+    assert (rew.get("n_per_prompt") or ev["n_per_prompt"]) >= 2  # within-prompt diversity needs pairs

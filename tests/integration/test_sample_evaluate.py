@@ -1,5 +1,6 @@
 """pcpo sample (fixed prompts x seeds, IRG) and pcpo evaluate (metrics that name their networks)."""
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -70,6 +71,86 @@ def test_same_seed_same_images_and_deterministic_sampler(trained):
     assert man["eta"] == 0.0 and man["deterministic"] is True
 
 
+def test_sampling_memory_does_not_grow_with_prompt_count(tiny_models):
+    """Streamed sampling: at most one decoded batch is alive at a time and text encoding sees one batch,
+    for 4 or 24 prompts alike; each image's noise is its own, so batch size and prompt count do not
+    change an image."""
+    import weakref
+
+    import torch
+
+    from pcpo.models import load_model
+    from pcpo.sample_cli import iter_samples
+    from pcpo.tiny.prompts import eval_prompts
+
+    adapter = load_model("tiny-eps", tiny_models["eps"])
+    stats = {"live": [], "encode": []}
+    refs = []
+    decode, encode = adapter.decode, adapter.encode_prompts
+
+    def counting_decode(x):
+        alive = sum(r() is not None for r in refs)
+        stats["live"].append(alive)
+        out = decode(x)
+        refs.append(weakref.ref(out))
+        return out
+
+    def counting_encode(texts):
+        stats["encode"].append(len(texts))
+        return encode(texts)
+
+    adapter.decode, adapter.encode_prompts = counting_decode, counting_encode
+    prompts = eval_prompts(n_per_digit=3)  # 30 prompts
+    kw = dict(n_per_prompt=2, seed=7, sampler="ddim", steps=3, eta=1.0, noise_level=0.0, guidance_scale=2.0,
+              progress=False)
+    runs = {}
+    for n_prompts, bs in ((4, 4), (24, 4), (4, 3)):
+        stats["live"].clear(), stats["encode"].clear()
+        imgs = []
+        for batch, texts, metas in iter_samples(adapter, prompts[:n_prompts], batch_size=bs, **kw):
+            imgs.append((batch.clamp(0, 1) * 255).round().to(torch.uint8))  # what pcpo sample writes, then drops
+            del batch
+        runs[(n_prompts, bs)] = torch.cat(imgs)
+        n_batches = -(-n_prompts * 2 // bs)
+        # one encode per batch (two with CFG when the null prompt goes through the encoder), never all prompts
+        assert len(stats["encode"]) in (n_batches, 2 * n_batches) and max(stats["encode"]) <= bs
+        # the previous batch's decoded images are gone before the next decode: memory is one batch
+        assert max(stats["live"]) == 0, stats["live"]
+    assert torch.equal(runs[(4, 4)], runs[(4, 3)])  # batch size does not change an image
+    assert torch.equal(runs[(24, 4)][:8], runs[(4, 4)])  # more prompts do not change the first ones
+    assert not torch.equal(runs[(24, 4)][:8], runs[(24, 4)][8:16])
+
+
+def test_sample_reads_held_out_prompt_sets(trained, tmp_path):
+    """evaluation.prompts: a named set per metric, each with its count; the manifest records the sets."""
+    test = tmp_path / "test.txt"
+    test.write_text("\n".join(f"the digit {d}" for d in range(10)) + "\n")
+    cfg = yaml.safe_load(trained["cfg"].read_text())
+    cfg["evaluation"] = {"prompts": {
+        "reward": {"source": "file", "path": str(test), "count": 3, "seed": 0, "metrics": ["reward"]},
+        "fid": {"source": "list", "prompts": ["the digit 1", "the digit 2"], "n_per_prompt": 1, "metrics": ["fid"]}}}
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "sets"
+    r = subprocess.run(pcpo_cmd("sample", "--config", str(cfgfile), "--out", str(out), "--n-per-prompt", "2",
+                                "--batch-size", "3", "--no-progress"), capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert [rec["set"] for rec in man["images"]] == ["reward"] * 6 + ["fid"] * 2
+    assert man["prompt_sets"]["reward"]["n_images"] == 6 and man["prompt_sets"]["fid"]["n_per_prompt"] == 1
+    want = [f"the digit {i}" for i in np.sort(np.random.default_rng(0).choice(10, size=3, replace=False))]
+    assert [rec["prompt"] for rec in man["images"][:6:2]] == want
+    assert len({rec["group"] for rec in man["images"]}) == 5
+    # a training prompt file without evaluation.prompts: refused in one line, before any model loads
+    cfg.pop("evaluation")
+    cfg["prompts"] = {"source": "file", "options": {"path": str(test)}}
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(pcpo_cmd("sample", "--config", str(cfgfile), "--out", str(tmp_path / "no"), "--no-progress"),
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "evaluation.prompts" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "no").exists()
+
+
 def test_evaluate_names_the_network_of_every_metric(trained, tmp_path):
     _, _ = sample(trained, "ev")
     out = tmp_path / "m.json"
@@ -79,16 +160,34 @@ def test_evaluate_names_the_network_of_every_metric(trained, tmp_path):
     cfgfile.write_text(yaml.safe_dump(cfg))
     r = subprocess.run(pcpo_cmd("evaluate", "--config", str(cfgfile), "--samples", str(trained["tmp"] / "ev"),
                                 "--out", str(out), "--metric", "reward", "--metric", "fid", "--metric", "kid",
-                                "--metric", "diversity", "--reward", "jpeg_compressibility"),
+                                "--metric", "diversity_inception", "--reward", "jpeg_compressibility"),
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    assert set(res["metrics"]) == {"reward/jpeg_compressibility", "fid", "kid", "diversity"}
+    assert set(res["metrics"]) == {"reward/jpeg_compressibility", "fid", "kid", "diversity_inception"}
     for name, m in res["metrics"].items():
         assert m.get("network"), name
         assert np.isfinite(m["value"]), name
-    assert "lpips" not in res["metrics"]["diversity"]["network"].lower() or \
-        res["metrics"]["diversity"].get("name", "").startswith("lpips")
+        assert m["n"] == 6, name  # every metric says how many images it measured
+    assert res["metrics"]["diversity_inception"]["network"] == "inception_feature_distance"
+    assert res["metrics"]["fid"]["reference"].startswith("tiny-heldout") and res["metrics"]["fid"]["reference_n"] > 0
+
+
+def test_evaluate_lpips_diversity_without_alexnet_fails_first(trained, tmp_path):
+    """diversity is LPIPS or nothing: without the AlexNet weights, one line naming the fetch, before the
+    reward and FID are computed (no output written)."""
+    sample(trained, "lp")
+    cfg = yaml.safe_load(trained["cfg"].read_text())
+    cfg["evaluation"] = {"reference": {"source": "tiny-heldout"}}
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run(pcpo_cmd("evaluate", "--config", str(cfgfile), "--samples", str(trained["tmp"] / "lp"),
+                                "--out", str(tmp_path / "x.json"), "--metric", "fid", "--metric", "diversity",
+                                "--reward", "jpeg_compressibility"),
+                       capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "x.json").exists()
+    assert "pcpo data fetch lpips-alexnet" in r.stderr and "fid+kid" not in r.stderr
 
 
 def test_evaluate_rejects_unknown_metric(trained, tmp_path):
