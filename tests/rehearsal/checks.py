@@ -27,7 +27,8 @@ def merged_config(config: Path) -> dict:
 
 
 def expected_fetches(config: Path, work: Path, env: dict) -> list[str]:
-    """The catalogue names `pcpo data fetch --for CONFIG` would fetch (its own dry run)."""
+    """The catalogue names `pcpo data fetch --for CONFIG` would fetch (its own dry run); ``config`` is the
+    effective config the run wrote (results/<experiment>/config.yaml: every layer merged)."""
     import os
 
     r = subprocess.run([sys.executable, "-m", "pcpo.cli", "data", "fetch", "--for", str(config), "--dry-run"],
@@ -57,7 +58,10 @@ def check_run(config: Path, work: Path, env: dict, output: str) -> dict:
     summary = {}
 
     # data: every catalogue entry the config needs was fetched and verified into the work folder's data root
-    names = expected_fetches(config, work, env)
+    effective = results / "config.yaml"
+    assert effective.is_file(), output[-4000:]
+    cfg = yaml.safe_load(effective.read_text())
+    names = expected_fetches(effective, work, env)
     assert names, "the config needs no data at all?"
     for n in names:
         stamp = work / "data" / ".fetched" / f"{n}.json"
