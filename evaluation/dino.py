@@ -52,7 +52,10 @@ def resolve(model: Optional[str] = None) -> str:
         try:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(model, local_files_only=True))
+            from pcpo.data import hub_revision
+
+            # the revision the catalogue pins (what `pcpo data fetch` put in the cache), else main
+            folder = Path(snapshot_download(model, revision=hub_revision(model), local_files_only=True))
         except Exception:  # not in the cache (LocalEntryNotFoundError), or not a valid id
             raise MissingNetwork(missing_line(model)) from None
     if not (folder / "config.json").is_file() or not any((folder / w).is_file() for w in _WEIGHT_FILES):

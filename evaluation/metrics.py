@@ -74,7 +74,7 @@ ImagesLike = Union[torch.Tensor, np.ndarray]
 #: ``pcpo data fetch`` names of the networks the metrics need (the data catalogue's names)
 FETCH_INCEPTION = "inception-fidelity"   # torch-fidelity's original Inception (with classifier): IS
 FETCH_LPIPS_ALEXNET = "lpips-alexnet"    # torchvision's AlexNet ImageNet weights: LPIPS diversity
-FETCH_DINOV2 = "dinov2-large"            # facebook/dinov2-large: FD-DINO
+FETCH_DINOV2 = "dinov2-large-hf"         # facebook/dinov2-large: FD-DINO (the catalogue entry)
 
 
 class MissingNetwork(FileNotFoundError, RuntimeError):

@@ -46,10 +46,10 @@ METRIC_NETWORKS: dict[str, list[str]] = {
     "prdc": ["weights-inception-2015-12-05-6726825d.pth"],
     "diversity": ["alexnet-owt-7be5be79.pth"],
     "lpips": ["alexnet-owt-7be5be79.pth"],
-    "fd_dino": ["dinov2_vit*_pretrain.pth"],
-    "fd-dino": ["dinov2_vit*_pretrain.pth"],
-    "fd_dinov2": ["dinov2_vit*_pretrain.pth"],
 }
+#: metrics whose network is a Hugging Face repository (evaluation/dino.py loads facebook/dinov2-large with
+#: transformers from the hub cache, not torch.hub's dinov2_vitl14_pretrain.pth)
+METRIC_REPOS: dict[str, str] = {"fd_dino": "facebook/dinov2-large"}
 
 ROLES = ("train", "sample", "evaluate")
 
@@ -265,6 +265,9 @@ def needs_for_config(config: dict, cat: dict[str, Entry], root: str | os.PathLik
     # evaluation networks (the tiny world evaluates with its own built-in networks and needs none)
     tiny = str(ref.get("source", "")).startswith("tiny")
     for m in ([] if tiny else metrics):
+        if m in METRIC_REPOS:
+            hits = _hf_entries(cat, METRIC_REPOS[m], None)[:1]
+            n.add(["evaluate"], hits) if hits else n.miss(f"metric {m} network {METRIC_REPOS[m]}")
         for pattern in METRIC_NETWORKS.get(m, []):
             hits = sorted(e.name for e in cat.values()
                           if e.kind == "torch_hub_file" and fnmatch.fnmatch(e.hub_filename, pattern))[:1]

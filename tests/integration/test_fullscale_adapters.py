@@ -14,130 +14,28 @@ from __future__ import annotations
 import csv
 import json
 import math
-import string
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-RES = 16  # pixels; the tiny VAEs downsample by 2 -> 8x8 latents
+from tests.rehearsal.tiny_hub import (  # noqa: F401  (the shared tiny builders)
+    CLIP_LEN,
+    RES,
+    T5_LEN,
+    build_flux,
+    build_sd1,
+    build_sd3,
+    clip_text_config,
+    clip_vocab_size,
+    t5_encoder,
+    t5_tokenizer,
+    tiny_vae,
+    write_clip_tokenizer,
+)
+
 PROMPTS = ["a red cat", "a blue dog", "two birds"]
-CLIP_LEN = 12
-T5_LEN = 10
-
-
-# ---------------------------------------------------------------------------
-# tiny component builders
-# ---------------------------------------------------------------------------
-
-def write_clip_tokenizer(folder, max_length: int = CLIP_LEN) -> None:
-    """A byte-level BPE vocabulary in CLIP's file format (vocab.json + merges.txt)."""
-    from pcpo.models.tiny import write_tiny_clip_tokenizer
-
-    merges = [("r", "e"), ("re", "d</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")]
-    assert write_tiny_clip_tokenizer(folder, max_length, merges) == clip_vocab_size()
-
-
-def clip_vocab_size() -> int:
-    return 2 + 2 * 256 + 6
-
-
-def t5_tokenizer(max_length: int = T5_LEN):
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits]
-    pieces += [("\u2581" + c, -2.5) for c in string.ascii_lowercase]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
-
-
-def clip_text_config(projection: int | None = None, hidden: int = 8):
-    from transformers import CLIPTextConfig
-
-    kw = dict(vocab_size=clip_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-              num_attention_heads=2, max_position_embeddings=CLIP_LEN, bos_token_id=0, eos_token_id=1,
-              pad_token_id=1)
-    if projection is not None:
-        kw["projection_dim"] = projection
-    return CLIPTextConfig(**kw)
-
-
-def t5_encoder(d_model: int):
-    from transformers import T5Config, T5EncoderModel
-
-    cfg = T5Config(vocab_size=66, d_model=d_model, d_ff=2 * d_model, d_kv=8, num_heads=2, num_layers=1,
-                   feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                   dropout_rate=0.0)
-    return T5EncoderModel(cfg)
-
-
-def tiny_vae(latent_channels: int, scaling: float, shift: float | None, quant: bool):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8), layers_per_block=1,
-                         latent_channels=latent_channels, norm_num_groups=4, sample_size=RES,
-                         scaling_factor=scaling, shift_factor=shift, use_quant_conv=quant, use_post_quant_conv=quant)
-
-
-def build_sd1(root):
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=RES // 2, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
-    ).save_pretrained(root / "unet")
-    tiny_vae(4, 0.18215, None, True).save_pretrained(root / "vae")
-    CLIPTextModel(clip_text_config()).save_pretrained(root / "text_encoder")
-    write_clip_tokenizer(root / "tokenizer")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                  set_alpha_to_one=False, clip_sample=False).save_pretrained(root / "scheduler")
-    return root
-
-
-def build_flux(root):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(0)
-    FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    ).save_pretrained(root / "transformer")
-    tiny_vae(4, 0.3611, 0.1159, False).save_pretrained(root / "vae")
-    CLIPTextModel(clip_text_config()).save_pretrained(root / "text_encoder")
-    write_clip_tokenizer(root / "tokenizer")
-    t5_encoder(16).save_pretrained(root / "text_encoder_2")
-    t5_tokenizer().save_pretrained(root / "tokenizer_2")
-    FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                    base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(root / "scheduler")
-    return root
-
-
-def build_sd3(root):
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextModelWithProjection
-
-    torch.manual_seed(0)
-    SD3Transformer2DModel(
-        sample_size=RES // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16,
-        pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm",
-    ).save_pretrained(root / "transformer")
-    tiny_vae(4, 1.5305, 0.0609, False).save_pretrained(root / "vae")
-    CLIPTextModelWithProjection(clip_text_config(projection=8)).save_pretrained(root / "text_encoder")
-    CLIPTextModelWithProjection(clip_text_config(projection=8)).save_pretrained(root / "text_encoder_2")
-    write_clip_tokenizer(root / "tokenizer")
-    write_clip_tokenizer(root / "tokenizer_2")
-    t5_encoder(16).save_pretrained(root / "text_encoder_3")
-    t5_tokenizer().save_pretrained(root / "tokenizer_3")
-    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(root / "scheduler")
-    return root
 
 
 BUILDERS = {"sd1": build_sd1, "flux": build_flux, "sd3": build_sd3}

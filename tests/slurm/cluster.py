@@ -16,6 +16,9 @@ What it touches on the host:
   The file has to sit at that fixed path because the executor plugin's job
   side drops ``SLURM_CONF`` from the environment. No cgroup.conf is needed:
   the config uses proctrack/linuxproc and task/none (no cgroups at all);
+* writes ``/etc/slurm/gres.conf`` (same marker, removed with slurm.conf): the node advertises
+  ``PCPO_SLURM_GPUS`` (default 2) GPUs backed by /dev/null, /dev/zero, ... so that jobs asking
+  ``--gpus=N`` are scheduled; there is no CUDA device, and Slurm sets CUDA_VISIBLE_DEVICES only;
 * keeps its state, spool, logs and pid files under ``PCPO_SLURM_STATE``
   (default ``/var/tmp/pcpo-slurm``).
 
@@ -50,6 +53,7 @@ BASE_PROFILE = REPO_ROOT / "profiles" / "slurm"
 TEST_PROFILE = Path(__file__).resolve().parent / "profile"
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+GRES_CONF = SLURM_CONF.with_name("gres.conf")  # slurmd reads it next to slurm.conf
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_SOCKET_DIR = Path("/run/munge")
 MARKER = "# pcpo-test-cluster: written by tests/slurm/cluster.py, removed at teardown"
@@ -76,6 +80,13 @@ CLUSTER_NAME = "pcpotest"
 # otherwise it silently falls back to `sacct`, which never sees jobs finish
 # without slurmdbd.
 MIN_JOB_AGE = 600
+# The node advertises this many GPU generic resources, with no device files behind them, so a
+# job that asks for GPUs (the paper-config rehearsal's two training processes: `--gpus=2`) is
+# scheduled as its config asks; there is no CUDA device, the processes use gloo on the CPUs.
+# slurmd counts a GPU per device file in gres.conf: /dev/null, /dev/zero, ... stand in for them
+# (proctrack/linuxproc + task/none: nothing restricts access to them).
+FAKE_GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+FAKE_GPUS = int(os.environ.get("PCPO_SLURM_GPUS", "2"))
 
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
@@ -321,9 +332,18 @@ def _node_resources() -> tuple[int, int]:
     return cpus, real_mem
 
 
+def _is_ours(path: Path) -> bool:
+    try:
+        with path.open(errors="replace") as f:
+            return f.readline().rstrip("\n") == MARKER
+    except OSError:
+        return False
+
+
 def render_slurm_conf(
-    nodename: str, cpus: int, real_memory_mb: int, state: Path
+    nodename: str, cpus: int, real_memory_mb: int, state: Path, gpus: int = FAKE_GPUS
 ) -> str:
+    gres = f" Gres=gpu:{gpus}" if gpus > 0 else ""
     return f"""{MARKER}
 # Single-node test cluster on 127.0.0.1. Not for production use.
 ClusterName={CLUSTER_NAME}
@@ -355,10 +375,11 @@ ReturnToService=2
 MinJobAge={MIN_JOB_AGE}
 KillWait=5
 MailProg=/bin/true
+GresTypes=gpu
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName={nodename} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory_mb} State=UNKNOWN
+NodeName={nodename} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory_mb}{gres} State=UNKNOWN
 PartitionName={PARTITION} Nodes={nodename} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -536,7 +557,14 @@ class SlurmCluster:
     def _write_conf(self) -> None:
         self._check_conf_is_ours_or_absent()
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-        text = render_slurm_conf(self.nodename, self.cpus, self.real_memory_mb, self.state)
+        gpus = min(FAKE_GPUS, len(FAKE_GPU_FILES))
+        if GRES_CONF.exists() and not _is_ours(GRES_CONF):
+            raise ClusterUnavailable(f"{GRES_CONF} exists and was not written by this test helper")
+        gres = GRES_CONF.with_name(GRES_CONF.name + ".pcpo-tmp")
+        gres.write_text(MARKER + "\n" + "".join(f"Name=gpu File={f}\n" for f in FAKE_GPU_FILES[:gpus]))
+        gres.chmod(0o644)
+        os.replace(gres, GRES_CONF)
+        text = render_slurm_conf(self.nodename, self.cpus, self.real_memory_mb, self.state, gpus)
         tmp = SLURM_CONF.with_name(SLURM_CONF.name + ".pcpo-tmp")
         tmp.write_text(text)
         tmp.chmod(0o644)
@@ -552,6 +580,8 @@ class SlurmCluster:
                 ours = False
             if ours:
                 SLURM_CONF.unlink(missing_ok=True)
+            if _is_ours(GRES_CONF):
+                GRES_CONF.unlink(missing_ok=True)
             self.wrote_slurm_conf = False
 
     def _munge_works(self) -> bool:

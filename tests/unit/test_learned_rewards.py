@@ -61,37 +61,12 @@ def images(n=4, size=40, seed=0):
 # tiny backbones
 # ---------------------------------------------------------------------------
 
-def write_clip_tokenizer(folder) -> int:
-    """CLIP's byte-level BPE file format with a tiny vocabulary; returns the vocabulary size."""
-    from pcpo.models.tiny import write_tiny_clip_tokenizer
-
-    return write_tiny_clip_tokenizer(folder, MAX_LEN, [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")])
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A CLIPModel + CLIPProcessor folder laid out like a hub CLIP repository."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from tests.rehearsal.tiny_hub import build_clip_model
 
-    from pcpo.models.tiny import quiet_hf
-
-    root = tmp_path_factory.mktemp("tiny_clip")
-    vocab = write_clip_tokenizer(root / "tok")
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=MAX_LEN, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=IMG, patch_size=8),
-        projection_dim=8)
-    with quiet_hf():
-        CLIPModel(cfg).save_pretrained(root / "clip")
-        proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": IMG},
-                                                                crop_size={"height": IMG, "width": IMG}),
-                             tokenizer=CLIPTokenizer.from_pretrained(root / "tok"))
-        proc.save_pretrained(root / "clip")
-    return str(root / "clip")
+    return str(build_clip_model(tmp_path_factory.mktemp("tiny_clip") / "clip", max_length=MAX_LEN, image_size=IMG))
 
 
 def reference_clip(path, imgs, prompts):
@@ -203,17 +178,14 @@ def test_grey_images_are_scored_as_rgb(tiny_clip):
 def tiny_open_clip(tmp_path_factory):
     """An open_clip architecture registered under a test name, and an HPS-style checkpoint of it."""
     open_clip = pytest.importorskip("open_clip")
+    from tests.rehearsal.tiny_hub import OPEN_CLIP_TINY, write_hps_checkpoint
+
     root = tmp_path_factory.mktemp("tiny_open_clip")
     name = "pcpo-test-tiny-hps"
-    (root / f"{name}.json").write_text(json.dumps({
-        "embed_dim": 8,
-        "vision_cfg": {"image_size": IMG, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-    }))
+    (root / f"{name}.json").write_text(json.dumps(
+        {**OPEN_CLIP_TINY, "text_cfg": {**OPEN_CLIP_TINY["text_cfg"], "context_length": 16}}))
     open_clip.add_model_config(root / f"{name}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=None)
-    torch.save({"state_dict": model.state_dict()}, root / "hps.pt")
+    write_hps_checkpoint(root / "hps.pt", json.loads((root / f"{name}.json").read_text()), seed=0)
     return name, str(root / "hps.pt")
 
 
