@@ -221,7 +221,7 @@ def test_a_really_full_disk_is_one_line(world, tmp_path):
     try:
         out = mnt / "run"
         r = _cli(*_train_args(world["cfg"], out))
-        one_line(r, "No space left on device while writing", str(out), "free space and rerun")
+        one_line(r, "No space left on device while writing", str(out), "free space and rerun", progress_log=True)
         _no_half_written(out)
         assert not (out / "checkpoints" / "latest").exists()
     finally:

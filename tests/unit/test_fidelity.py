@@ -395,7 +395,8 @@ def test_malformed_yaml_and_missing_model_are_one_line_errors(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{bad}, line 3, column 6" in lines[0] and "fix the syntax" in lines[0], r.stderr
     r = subprocess.run(pcpo_cmd("train", "--config", str(ROOT / "config/tiny.yaml"), "--algorithm", "ddpo",
-                                "--out", str(tmp_path / "o"), "--set", f"model.path={tmp_path / 'nowhere'}"),
+                                "--out", str(tmp_path / "o"), "--set", f"model.path={tmp_path / 'nowhere'}",
+                                "--set", "reward.name=jpeg_compressibility"),  # the reward is checked first
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("pcpo train: error: model.path:"), r.stderr

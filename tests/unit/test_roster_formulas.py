@@ -94,7 +94,11 @@ def test_cps_credit_skips_the_deterministic_last_step():
     assert float(native.native[-1]) == 0.0 and bool((native.native[:-1] > 0).all())
     prop = plan_credit(spec, "flow-cps", 6, noise_level=0.7, proportional=True)
     assert float(prop.train_weight[-1]) == 0.0
-    torch.testing.assert_close(prop.train_weight.sum(), native.native.sum())
+    # zeta * ds on the steps with a log-prob, as the PCPO lineage applies it (no renormalisation over the
+    # remaining steps: sd3_train_shared.py's ZETA * delta_t), with zeta the native sum (grid_all)
+    g = prop.native_grid
+    ds = (g.timesteps - g.next_timesteps).to(prop.train_weight.dtype)
+    torch.testing.assert_close(prop.train_weight[:-1], native.native.sum() * ds[:-1])
     with pytest.raises(ValueError, match="zero std"):  # built-in forms still refuse a zero-std step
         plan_credit(spec, "flow-dance", 6, noise_level=0.0)
     assert make_grid(spec, "flow-cps", 6).sampler == "flow-cps"
