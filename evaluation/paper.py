@@ -1,12 +1,12 @@
 """The paper's figures and tables, ours beside the paper's numbers.
 
-Reads the figure list (``config/paper_figures.yaml``: for each figure the paper settings it
+Reads the figure list (``workflow/paper_figures.yaml``: for each figure the paper settings it
 covers, what it makes, and the paper's reported numbers) and the reports of the experiments that
 stand for those settings (``results/<experiment>/report`` and ``tables``, written by
 ``pcpo report``), and writes ``<out>/`` with one file per figure and an ``index.md``:
 
-    python -m evaluation.paper --figures config/paper_figures.yaml --world tiny \
-        --results results --irg results/paper/tiny/irg.csv --out results/paper/tiny
+    python -m evaluation.paper --figures workflow/paper_figures.yaml --world tiny \
+        --results results --irg results/paper/tiny/irg/irg.csv --out results/paper/tiny
 
 The Snakemake target ``paper`` (workflow/rules/paper.smk) runs the experiments and then this.
 Tables and plots reuse :mod:`evaluation.report`; the matched-reward values are the report's own
@@ -43,7 +43,7 @@ def load_figures(path: str | Path, world: str) -> dict:
     try:
         spec = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise PaperError(f"{path}: no such file; pass the figure list (config/paper_figures.yaml)") from None
+        raise PaperError(f"{path}: no such file; pass the figure list (workflow/paper_figures.yaml)") from None
     worlds = spec.get("worlds") or {}
     if world not in worlds:
         raise PaperError(f"{path}: no world {world!r} under worlds: (it has {sorted(worlds)})")
@@ -346,7 +346,7 @@ def build_paper(figures: str | Path, world: str, results: str | Path, out: str |
     results, out = Path(results), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = [f"# The paper's figures and tables ({world} world)\n",
-                "Each figure of Lee & Ye (arXiv:2509.25774) as `config/paper_figures.yaml` lists it; the paper's "
+                "Each figure of Lee & Ye (arXiv:2509.25774) as `workflow/paper_figures.yaml` lists it; the paper's "
                 "numbers beside ours. " + ("The tiny world stands in for each paper setting (see the "
                                            "`ours: model · reward` column); its numbers say nothing about the paper's.\n"
                                            if world == "tiny" else "\n")]
@@ -384,7 +384,7 @@ def build_paper(figures: str | Path, world: str, results: str | Path, out: str |
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Render the paper's figures and tables from finished experiments")
-    ap.add_argument("--figures", default="config/paper_figures.yaml")
+    ap.add_argument("--figures", default="workflow/paper_figures.yaml")
     ap.add_argument("--world", default="full")
     ap.add_argument("--results", default="results", help="the folder holding results/<experiment>/")
     ap.add_argument("--irg", help="the IRG CSV (the paper_irg rule's output)")

@@ -16,7 +16,7 @@ from evaluation.paper import PaperError, figure_outputs, load_figures
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.workflow
-FIGURES = ROOT / "config" / "paper_figures.yaml"
+FIGURES = ROOT / "workflow" / "paper_figures.yaml"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 

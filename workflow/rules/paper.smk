@@ -1,5 +1,5 @@
 # `snakemake paper`: every experiment of the paper in one invocation, then each figure and table the
-# paper reports (config/paper_figures.yaml; rendering in evaluation/paper.py).
+# paper reports (workflow/paper_figures.yaml; rendering in evaluation/paper.py).
 #
 # Each experiment is this Snakefile again as a Snakemake module with that experiment's config, its
 # rules renamed <experiment>_<rule>: every run stays its own job (resume, one Slurm job each), and
@@ -10,7 +10,7 @@
 # the submitting environment) builds the same modules and rule names.
 from evaluation.paper import PaperError, experiment_configs, load_figures, paper_world
 
-PAPER_FIGURES = "config/paper_figures.yaml"
+PAPER_FIGURES = "workflow/paper_figures.yaml"
 # rules of a module whose role the main workflow already plays: `all` (the default target stays the
 # main experiment's) and `data_fetch` (one data root for every experiment: the main workflow's
 # data_fetch serves every stamp, which would otherwise be ambiguous between modules)
@@ -61,7 +61,7 @@ if workflow.modifier.is_main_snakefile():
             done=f"{_IRG_RUN}/DONE",
             report=f"{PAPER_ROOT}/{_IRG_SET['experiment']}/report/index.md",
         output:
-            f"{PAPER_OUT}/irg.csv",
+            f"{PAPER_OUT}/irg/irg.csv",
         log:
             f"{PAPER_OUT}/logs/irg.log",
         params:
@@ -81,10 +81,10 @@ if workflow.modifier.is_main_snakefile():
             "--prompts-per-digit 1 --out {output} > {log} 2>&1"
 
     rule paper:
-        """Every figure and table of config/paper_figures.yaml, ours beside the paper's numbers."""
+        """Every figure and table of workflow/paper_figures.yaml, ours beside the paper's numbers."""
         input:
             reports=[f"{PAPER_ROOT}/{n}/report/index.md" for n in PAPER_EXPERIMENTS],
-            irg=f"{PAPER_OUT}/irg.csv",
+            irg=f"{PAPER_OUT}/irg/irg.csv",
             figures=PAPER_FIGURES,
         output:
             f"{PAPER_OUT}/index.md",
