@@ -44,10 +44,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/paper.smk"
 
 
 onstart:
     write_effective_config()
+    paper_onstart()
 
 
 rule all:
