@@ -4,10 +4,13 @@
 # Each experiment is this Snakefile again as a Snakemake module with that experiment's config, its
 # rules renamed <experiment>_<rule>: every run stays its own job (resume, one Slurm job each), and
 # results stay apart under <results>/<experiment>/. Not loaded from the modules themselves (no recursion).
-#   snakemake --cores all --profile slurm paper              # the full-scale configs of config/paper/
-#   PCPO_PAPER_WORLD=tiny snakemake --cores all paper        # the tiny rehearsal (smoke-sized analogues)
+#   PCPO_PAPER_WORLD=full snakemake --cores all --profile slurm paper   # the full-scale configs of config/paper/
+#   PCPO_PAPER_WORLD=tiny snakemake --cores all paper                   # the tiny rehearsal (smoke-sized analogues)
 # The world comes from the environment so that the job-side Snakemake on a cluster node (Slurm exports
-# the submitting environment) builds the same modules and rule names.
+# the submitting environment) builds the same modules and rule names.  Without PCPO_PAPER_WORLD no paper
+# module is declared: an ordinary run of one experiment parses only its own config.
+import os
+
 from evaluation.paper import PaperError, experiment_configs, load_figures, paper_world
 
 PAPER_FIGURES = "workflow/paper_figures.yaml"
@@ -18,7 +21,7 @@ PAPER_EXCLUDE = ["all", "data_fetch"]
 # only Snakemake's onstart of the main Snakefile runs: it calls this for the modules' configs
 paper_onstart = lambda: None
 
-if workflow.modifier.is_main_snakefile():
+if workflow.modifier.is_main_snakefile() and os.environ.get("PCPO_PAPER_WORLD"):
     try:
         PAPER_WORLD = paper_world(Path(workflow.basedir, PAPER_FIGURES))
         PAPER_EXPERIMENTS = experiment_configs(Path(workflow.basedir, PAPER_FIGURES), PAPER_WORLD, workflow.basedir,
