@@ -29,9 +29,10 @@ from tests.rehearsal.world import build_world, serve_world  # noqa: E402
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
 # one SD3 config through Slurm (the largest code path: three text encoders, LoRA, PickScore). One per
-# model family (FLUX, SD1.x too) would be the aim, but measured on the shared 2-core machine a rehearsal
-# of an SD1.x config with two matrix runs (pcpo_sd15_hpsv21) took 702 s under load 6-9 (not measured idle), so the eight
-# likely fill the CI budget already; the others use the same Snakefile and config layers with --cores 2.
+# model family (FLUX, SD1.x too) would be the aim, but on the shared 2-core machine the rehearsal of an
+# SD1.x config with two matrix runs (pcpo_sd15_hpsv21) took 702 s under load 6-9 (not measured idle),
+# so the eight likely fill the CI budget already; the others use the same Snakefile and config layers
+# with the local executor (--cores 2).
 SLURM_CONFIGS = ["flowgrpo_sd35m_pickscore"]
 LOCAL_CONFIGS = [p.stem for p in PAPER if p.stem not in SLURM_CONFIGS]
 # configs whose rehearsal is known to fail, with the exact reason (strict: a pass must remove the entry)
