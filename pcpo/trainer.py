@@ -893,7 +893,9 @@ class Trainer:
         x_next = traj.states[rows, idx + 1].to(dev)
         grid = self.epoch_grid
         tt = grid.model_time(idx).to(dev)
-        pred = self.model.predict_guided(x.to(DTYPES[self.cfg.model.dtype]), tt, cond, uncond, self.st.guidance_scale,
+        # the denoiser's own dtype, as the rollout's (sampler.py: adapter.dtype): model.dtype for LoRA (frozen
+        # base weights), float32 for a full fine-tune, whose trainable weights are kept in float32 above
+        pred = self.model.predict_guided(x.to(self.model.dtype), tt, cond, uncond, self.st.guidance_scale,
                                          cfg_grad=self.st.cfg_grad)
         out = grid.step(idx, pred, x, prev_sample=x_next, reduction=red)
         lr_ = self.objective.log_ratio(

@@ -36,6 +36,9 @@ REWARD_WEIGHTS: dict[str, list[tuple[str, str | None, str | None]]] = {
     "imagereward": [("checkpoint", "THUDM/ImageReward", "ImageReward.pt"),
                     ("med_config", "THUDM/ImageReward", "med_config.json"), ("tokenizer", "bert-base-uncased", None)],
     "clipscore": [("model", "openai/clip-vit-large-patch14", None)],
+    # pcpo/rewards/bertscore.py: the captioner (its processor defaults to the same repository) and BERTScore's model
+    "llava_bertscore": [("llava", "llava-hf/llava-1.5-13b-hf", None),
+                        ("bertscore_model", "microsoft/deberta-xlarge-mnli", None)],
 }
 
 # metric -> the torch.hub checkpoint file names (glob) its library's loader reads

@@ -150,9 +150,22 @@ def _unavailable(what: str, name: str, option: str, env: str, offline: bool, err
     return RewardWeightsError(f"reward llava_bertscore: the {what} {how} [{detail}]")
 
 
+def _pinned(name: str) -> str | None:
+    """The revision the data catalogue pins for hub id ``name`` (what `pcpo data fetch` put in the cache),
+    None for a folder or a repository the catalogue does not pin (then the hub's main)."""
+    if _is_path(name):
+        return None
+    from pcpo.data import hub_revision
+
+    return hub_revision(name)
+
+
 def _from_pretrained(cls, name: str, what: str, option: str, env: str, offline: bool, **kw):
     from pcpo.models.tiny import quiet_hf
 
+    rev = _pinned(name)
+    if rev is not None:
+        kw["revision"] = rev
     try:
         with quiet_hf():
             return cls.from_pretrained(name, local_files_only=offline, **kw)
@@ -176,14 +189,25 @@ def load_bertscorer(name: str = BERTSCORE_MODEL, num_layers: int | None = None, 
         raise ValueError(f"reward.options.num_layers: bert_score has no default layer for {name!r}; give the "
                          "hidden layer whose states BERTScore matches")
     model_type = name
-    if offline and not Path(name).is_dir():
-        # bert_score loads with from_pretrained(name) and no local_files_only: hand it the cached folder
+    rev = _pinned(name)
+    if (offline or rev is not None) and not Path(name).is_dir():
+        # bert_score loads with from_pretrained(name) (the hub's main) and no local_files_only: hand it the
+        # cached folder of the pinned revision; online and not cached yet, fetch that revision first
         try:
             from huggingface_hub import snapshot_download
 
-            model_type = snapshot_download(name, local_files_only=True)
+            try:
+                model_type = snapshot_download(name, revision=rev, local_files_only=True)
+            except Exception:  # noqa: BLE001 - not cached
+                if offline:
+                    raise
+                from pcpo.data.download import hf_endpoint
+
+                # what BERTScorer's from_pretrained reads (config, tokenizer, weights), not TF/Flax copies
+                model_type = snapshot_download(name, revision=rev, endpoint=hf_endpoint(), allow_patterns=[
+                    "*.json", "*.txt", "*.model", "pytorch_model.bin", "model.safetensors"])
         except Exception as e:  # noqa: BLE001 - every cache miss means the same here
-            raise _unavailable("BERTScore model", name, "bertscore_model", ENV["bertscore_model"], True, e) from e
+            raise _unavailable("BERTScore model", name, "bertscore_model", ENV["bertscore_model"], offline, e) from e
     from pcpo.models.tiny import quiet_hf
 
     try:

@@ -31,10 +31,11 @@ def test_dry_run_lists_the_data_jobs_and_train_waits_for_them(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout + r.stderr
     fetched = sorted(set(re.findall(rf"{re.escape(str(root))}/\.fetched/([A-Za-z0-9._+-]+)\.json", text)))
-    assert fetched == ["alexnet-lpips", "clip-h-processor", "coco-captions-val2014", "coco2014-val",
-                       "inception-v3-fidelity", "pickscore-model", "pickscore-train-prompts", "sd35m"]
+    assert fetched == ["coco2014-val-captions", "coco2014-val-images", "dinov2-large-hf", "inception-fid",
+                       "lpips-alexnet", "pickscore-model", "pickscore-processor", "pickscore-test-prompts",
+                       "pickscore-train-prompts", "sd35-medium"]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", text, re.M))
-    assert stats["data_fetch"] == "8"
+    assert stats["data_fetch"] == "10"
     assert "WARNING: the data catalogue provides no entry" not in text
 
 

@@ -57,6 +57,18 @@ def test_environment_and_real_logits_flag(cache):
         assert "fid-helper" in desc["source"] and desc["real_logits"] is False
 
 
+def test_a_file_named_by_the_environment_is_labelled_as_itself(converted, monkeypatch):
+    """A PCPO_INCEPTION_WEIGHTS file that is not torch-fidelity's original (sha256 prefix 6726825d) is
+    reported by its path and sha256, never as the original."""
+    monkeypatch.setenv("PCPO_INCEPTION_WEIGHTS", str(converted))
+    desc = inc.describe_network()
+    sha = inc.file_sha256(converted)
+    assert not sha.startswith("6726825d")
+    assert desc["weights"] == os.path.realpath(converted) and desc["sha256"] == sha
+    assert "original" not in desc["source"].replace("not torch-fidelity's original", "")
+    assert "PCPO_INCEPTION_WEIGHTS" in desc["source"] and sha in desc["source"] and str(converted) in desc["source"]
+
+
 def test_conversion_keys_shapes_and_values(converted, torchscript):
     sd = torch.load(converted, map_location="cpu", weights_only=True)
     src = torchscript.state_dict()

@@ -127,3 +127,18 @@ def test_auto_recomputes_only_off_float32_cpu(tmp_path, tiny_models):
     assert Trainer(cfg, "ddpo", 0, tmp_path / "b", progress=False).recompute
     with pytest.raises(ConfigError, match="train.old_logprobs"):
         load_config(make_config(tmp_path, tiny_models["eps"], "eps", old_logprobs="sometimes"))
+
+
+def test_bf16_full_fine_tune_scores_at_the_denoisers_dtype(tmp_path, tiny_models):
+    """A bf16 full fine-tune keeps its trainable weights in float32; the recompute and the update must run
+    the denoiser at that dtype, as the rollout does (dancegrpo_sd14_hpsv21 failed here with a bf16 input
+    to float32 weights), and then agree with the rollout exactly."""
+    from pcpo.config import load_config
+    from pcpo.trainer import Trainer
+
+    cfg = load_config(make_config(tmp_path, tiny_models["eps"], "eps", epochs=1),
+                      {"model": {"dtype": "bfloat16"}, "lora": {"enabled": False}})
+    tr = Trainer(cfg, "ddpo", 0, tmp_path / "a", progress=False)
+    assert tr.recompute and not tr.lora and tr.model.dtype == torch.float32
+    row, _ = tr.epoch(0)
+    assert row["logratio_first_max"] == 0.0 and torch.isfinite(torch.tensor(row["loss"]))

