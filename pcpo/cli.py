@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a log record that fails to format (seen from the hub client's retry warnings under load) must not print
+    # a traceback over the command's one-line error; Python's documented production setting
+    logging.raiseExceptions = bool(args.verbose)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
