@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers import ROOT, pcpo_cmd
-from tests.integration.test_trainer import read_rows
+from tests.integration.test_trainer import make_config, read_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,19 +27,8 @@ NO_MODEL = "/nonexistent/pcpo-model"  # a model path that would fail if anything
 
 
 def _config(tmp: Path, model: str, **train) -> Path:
-    cfg = {
-        "experiment": "test",
-        "model": {"kind": "tiny-eps", "path": model},
-        "reward": {"name": "jpeg_incompressibility"},
-        "prompts": {"source": "tiny"},
-        "sampling": {"steps": 4, "guidance_scale": 2.0, "batch_size": 16},
-        "train": {"epochs": 2, "prompts_per_epoch": 2, "group_size": 2, "train_batch_size": 2,
-                  "checkpoint_every": 1, "lr": 1e-3, **train},
-        "lora": {"enabled": True, "rank": 2, "alpha": 2},
-    }
-    p = tmp / f"cfg_{len(list(tmp.glob('cfg_*')))}.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    """test_trainer's tiny eps config, each call in a file of its own."""
+    return make_config(tmp, model, "eps", name=f"cfg_{len(list(tmp.glob('cfg_*')))}.yaml", **train)
 
 
 def _env(**extra) -> dict:

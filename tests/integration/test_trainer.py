@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TIME_COLS = {"time_rollout", "time_reward", "time_train", "time_epoch"}
 
 
-def make_config(tmp_path: Path, model_path: str, family: str, **train) -> Path:
+def make_config(tmp_path: Path, model_path: str, family: str, name: str | None = None, **train) -> Path:
     cfg = {
         "experiment": "test",
         "model": {"kind": "tiny-eps" if family == "eps" else "tiny-flow", "path": model_path},
@@ -32,7 +32,7 @@ def make_config(tmp_path: Path, model_path: str, family: str, **train) -> Path:
                   "checkpoint_every": 1, "lr": 1e-3, **train},
         "lora": {"enabled": True, "rank": 2, "alpha": 2},
     }
-    p = tmp_path / f"cfg_{family}.yaml"
+    p = tmp_path / (name or f"cfg_{family}.yaml")
     p.write_text(yaml.safe_dump(cfg))
     return p
 
