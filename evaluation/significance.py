@@ -91,7 +91,6 @@ Config (``report.significance``, every key optional)::
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -197,57 +196,46 @@ def check_pair_names(settings: SignificanceSettings, known: set[str]) -> None:
 
 # ------------------------------------------------------------------ statistics
 
-def _extreme(stat: np.ndarray, observed: float, scale: float) -> int:
-    """How many of ``stat`` are at least as far from 0 as ``observed`` (float ties count)."""
-    tol = 1e-9 * max(scale, 1e-300)
-    return int(np.count_nonzero(np.abs(stat) >= abs(observed) - tol))
+def _abs_mean(x, axis=-1):
+    return np.abs(np.mean(x, axis=axis))
+
+
+def _abs_mean_diff(x, y, axis=-1):
+    return np.abs(np.mean(y, axis=axis) - np.mean(x, axis=axis))
 
 
 def permutation_test(a, b, paired: bool, n_permutations: int = 10000, seed: int = 0) -> tuple[float, str]:
-    """Two-sided permutation test of the mean difference ``mean(b) - mean(a)``.
+    """Two-sided permutation test of the mean difference ``mean(b) - mean(a)``, by
+    :func:`scipy.stats.permutation_test`.
 
-    ``paired``: ``a[i]`` and ``b[i]`` are one seed; sign-flip test of ``b - a``.
-    Otherwise the two-sample re-labelling test.  Exact when there are at most
-    :data:`EXACT_LIMIT` sign patterns or splits, else Monte Carlo with
-    ``n_permutations`` draws from ``default_rng(seed)``.  Returns the p-value and
-    a description of the test.
+    ``paired``: ``a[i]`` and ``b[i]`` are one seed; sign-flip test of ``b - a``
+    (``permutation_type='samples'`` on the differences).  Otherwise the two-sample
+    re-labelling test (``permutation_type='independent'``).  Two-sided as the share of
+    arrangements whose ``|mean difference|`` reaches the observed one (the statistic is
+    the absolute difference, tested one-sided), so a skewed null distribution of unequal
+    arms is not doubled.  Exact when there are at most :data:`EXACT_LIMIT` sign patterns
+    or splits, else Monte Carlo with ``n_permutations`` draws from ``default_rng(seed)``
+    (p = (1 + k) / (1 + n_permutations)).  Returns the p-value and a description.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
     if paired:
         if a.shape != b.shape:
             raise ValueError("paired test: a and b need the same length")
-        d = b - a
-        n = d.size
-        if n == 0:
+        if a.size == 0:
             return math.nan, "paired sign-flip permutation (no seeds)"
-        if 2 ** n <= EXACT_LIMIT:
-            signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-            how = f"exact, {2 ** n} sign patterns"
-            stat = (signs * d).mean(axis=1)
-            return _extreme(stat, d.mean(), np.abs(d).max()) / len(stat), f"paired sign-flip permutation ({how})"
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, n))
-        stat = (signs * d).mean(axis=1)
-        k = _extreme(stat, d.mean(), np.abs(d).max())
-        return (1 + k) / (1 + n_permutations), f"paired sign-flip permutation (Monte Carlo, {n_permutations} draws)"
-    na, nb = a.size, b.size
-    if na == 0 or nb == 0:
-        return math.nan, "permutation (an arm has no seeds)"
-    x = np.concatenate([a, b])
-    total, N = x.sum(), na + nb
-    observed = b.mean() - a.mean()
-    n_splits = math.comb(N, nb)
-    if n_splits <= EXACT_LIMIT:
-        idx = np.array(list(itertools.combinations(range(N), nb)), dtype=int)
-        how = f"exact, {n_splits} splits"
+        count, data, stat, kind = 2 ** a.size, (b - a,), _abs_mean, "samples"
+        name, unit = "paired sign-flip permutation", "sign patterns"
     else:
-        idx = np.argsort(rng.random((n_permutations, N)), axis=1)[:, :nb]
-        how = f"Monte Carlo, {n_permutations} draws"
-    sb = x[idx].sum(axis=1)
-    stat = sb / nb - (total - sb) / na
-    k = _extreme(stat, observed, np.abs(x).max())
-    p = k / len(stat) if n_splits <= EXACT_LIMIT else (1 + k) / (1 + n_permutations)
-    return p, f"two-sample permutation ({how})"
+        if a.size == 0 or b.size == 0:
+            return math.nan, "permutation (an arm has no seeds)"
+        count, data, stat, kind = math.comb(a.size + b.size, b.size), (a, b), _abs_mean_diff, "independent"
+        name, unit = "two-sample permutation", "splits"
+    exact = count <= EXACT_LIMIT
+    res = stats.permutation_test(data, stat, permutation_type=kind, vectorized=True, alternative="greater",
+                                 n_resamples=np.inf if exact else n_permutations,
+                                 rng=np.random.default_rng(seed))
+    how = f"exact, {count} {unit}" if exact else f"Monte Carlo, {n_permutations} draws"
+    return float(min(1.0, res.pvalue)), f"{name} ({how})"
 
 
 def smallest_p(n_a: int, n_b: int, paired: bool) -> float:
@@ -268,22 +256,28 @@ def min_seeds_for_permutation(alpha: float, paired: bool) -> int:
     return n
 
 
+def _mean_diff(x, y, axis=-1):
+    return np.mean(y, axis=axis) - np.mean(x, axis=axis)
+
+
 def bootstrap_diff_ci(a, b, paired: bool, level: float = 0.95, n_boot: int = 10000,
                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``mean(b) - mean(a)``: resampling seeds (pairs)
-    when paired, each arm separately otherwise."""
+    """Percentile bootstrap CI of ``mean(b) - mean(a)`` by :func:`scipy.stats.bootstrap`:
+    resampling seeds (the differences of pairs) when paired, each arm separately
+    otherwise.  NaN when a resampled sample would have a single seed (its bootstrap
+    distribution is one point and says nothing about the spread)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0 or b.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
     if paired:
-        d = b - a
-        boot = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+        if a.shape != b.shape:
+            raise ValueError("paired bootstrap: a and b need the same length")
+        data, stat = (b - a,), np.mean
     else:
-        boot = (b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
-                - a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1))
-    q = (1 - level) / 2
-    return float(np.quantile(boot, q)), float(np.quantile(boot, 1 - q))
+        data, stat = (a, b), _mean_diff
+    if min(x.size for x in data) < 2:
+        return math.nan, math.nan
+    ci = stats.bootstrap(data, stat, n_resamples=n_boot, vectorized=True, paired=False, confidence_level=level,
+                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def effect_size(a, b, paired: bool) -> float:
