@@ -99,6 +99,7 @@ import pandas as pd
 from scipy import stats
 
 from evaluation.collapse import auto_levels, epochs_to_target_runs, matched_reward_runs
+from evaluation.lmm import lmm_test
 from pcpo.config import ConfigError
 
 EXACT_LIMIT = 4096  # enumerate sign patterns / splits exactly up to this many
@@ -118,8 +119,10 @@ METRICS = {
 }
 
 COLUMNS = ["model", "reward", "metric", "level", "statistic", "a", "b", "n_a", "n_b", "censored_a", "censored_b",
-           "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "test", "significant", "effect_size",
-           "seeds_for_power", "verdict"]
+           "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "test",
+           "lmm_diff", "lmm_ci_low", "lmm_ci_high", "lmm_p", "lmm_df", "lmm_n_obs", "lmm_note",
+           "decided_by", "significant", "outcome", "effect_size", "seeds_for_power", "smallest_p", "verdict"]
+TESTS = ("auto", "permutation", "lmm", "both")
 
 
 # ------------------------------------------------------------------ config
@@ -134,6 +137,7 @@ class SignificanceSettings:
     n_permutations: int = 10000
     seed: int = 0
     max_seeds: int = 1000
+    test: str = "auto"
 
     @property
     def level(self) -> float:
@@ -150,7 +154,7 @@ def significance_settings(config: dict) -> SignificanceSettings:
     raw = rep.get("significance") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    known = {"alpha", "power", "paired", "pairs", "n_bootstrap", "n_permutations", "seed", "max_seeds"}
+    known = {"alpha", "power", "paired", "pairs", "n_bootstrap", "n_permutations", "seed", "max_seeds", "test"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown field; known fields of {where}: {', '.join(sorted(known))}")
@@ -170,6 +174,10 @@ def significance_settings(config: dict) -> SignificanceSettings:
     if not (paired == "auto" or isinstance(paired, bool)):
         raise ConfigError(f"{where}.paired: must be auto, true or false, got {paired!r}")
     kw["paired"] = paired
+    test = raw.get("test", d.test)
+    if test not in TESTS:
+        raise ConfigError(f"{where}.test: must be one of {', '.join(TESTS)}, got {test!r}")
+    kw["test"] = test
     pairs = raw.get("pairs", [])
     if not isinstance(pairs, list):
         raise ConfigError(f"{where}.pairs: expected a list of [a, b] pairs, got {pairs!r}")
@@ -346,9 +354,14 @@ def seeds_for_power(effect: float, alpha: float = 0.05, power: float = 0.8, pair
     return float(max(int(ns[hit[0]]), min_seeds_for_permutation(alpha, paired)))
 
 
-def compare(a: pd.Series, b: pd.Series, settings: SignificanceSettings) -> dict:
+def compare(a: pd.Series, b: pd.Series, settings: SignificanceSettings, obs: pd.DataFrame | None = None,
+            names: tuple[str, str] = ("a", "b"), metric: str = "final_reward") -> dict:
     """Every statistic of one comparison.  ``a`` and ``b``: one value per seed,
-    indexed by seed number.  Pairs seeds as ``settings.paired`` says."""
+    indexed by seed number.  Pairs seeds as ``settings.paired`` says.  ``obs``: the
+    observations behind those values for the linear mixed model (columns ``algorithm,
+    seed, epoch, value``, algorithms named ``names``); by default the per-seed values
+    themselves.  ``decided_by`` says which test the verdict follows (``settings.test``);
+    ``metric`` (a key of :data:`METRICS`) says which direction is better."""
     a, b = a.dropna(), b.dropna()
     if settings.paired == "auto":
         paired = len(a) > 0 and set(a.index) == set(b.index)
@@ -365,12 +378,58 @@ def compare(a: pd.Series, b: pd.Series, settings: SignificanceSettings) -> dict:
     p, test = permutation_test(av, bv, paired, settings.n_permutations, settings.seed)
     lo, hi = bootstrap_diff_ci(av, bv, paired, settings.level, settings.n_bootstrap, settings.seed)
     d = effect_size(av, bv, paired)
-    row.update({"ci_low": lo, "ci_high": hi, "p_value": p, "test": test,
-                "significant": bool(p <= settings.alpha) if not math.isnan(p) else False,
-                "effect_size": d,
+    row.update({"ci_low": lo, "ci_high": hi, "p_value": p, "test": test, "effect_size": d,
                 "seeds_for_power": seeds_for_power(d, settings.alpha, settings.power, paired, settings.max_seeds),
                 "smallest_p": smallest_p(len(av), len(bv), paired)})
+    if obs is None:
+        obs = pd.concat([pd.DataFrame({"algorithm": n, "seed": v.index, "epoch": math.nan, "value": v.to_numpy()})
+                         for n, v in zip(names, (a, b))], ignore_index=True)
+    row.update(lmm_test(obs, names[0], names[1], paired, settings.level))
+    row.update(decide(row | {"metric": metric}, settings))
     return row
+
+
+def decide(row: dict, settings: SignificanceSettings) -> dict:
+    """Which test answers (``decided_by``), whether it rejects at alpha (``significant``) and
+    the outcome for b (``better``, ``worse``, ``not distinguishable``; ``no data``).
+
+    ``test``: ``permutation`` or ``lmm`` alone; ``both``: significant only when both reject;
+    ``auto``: the permutation test where its seeds can reach alpha (its smallest attainable p
+    is at most alpha), the mixed model otherwise -- a choice fixed by the design (the number of
+    seeds), not by the data.  A mixed model that is not estimable answers nothing: under
+    ``lmm`` and ``both`` the verdict is "not distinguishable", under ``auto`` the permutation
+    test answers and ``decided_by`` says why."""
+    alpha = settings.alpha
+    perm_ok = not math.isnan(row["p_value"])
+    lmm_ok = not math.isnan(row["lmm_p"])
+    perm_sig = perm_ok and row["p_value"] <= alpha
+    lmm_sig = lmm_ok and row["lmm_p"] <= alpha
+    lmm_why = row["lmm_note"].removeprefix("not estimable: ") if not lmm_ok else ""
+    test = settings.test
+    if test == "auto":
+        if perm_ok and row["smallest_p"] <= alpha:
+            test, by = "permutation", "permutation"
+        elif lmm_ok:
+            test, by = "lmm", f"LMM: the permutation test cannot reach alpha={alpha:g} with these seeds"
+        else:
+            test, by = "permutation", f"permutation (LMM not estimable: {lmm_why})"
+    else:
+        by = {"permutation": "permutation", "lmm": "LMM", "both": "permutation and LMM"}[test]
+        if test in ("lmm", "both") and not lmm_ok:
+            by += f" (LMM not estimable: {lmm_why})"
+    sig = {"permutation": perm_sig, "lmm": lmm_sig, "both": perm_sig and lmm_sig}[test]
+    diff = row["lmm_diff"] if test == "lmm" else row["diff"]
+    if math.isnan(row["diff"]):
+        outcome = "no data"
+    elif not sig or diff == 0:
+        outcome = "not distinguishable"
+    else:
+        higher_better = METRICS[row["metric"]][1]
+        outcome = "better" if (diff > 0) == higher_better else "worse"
+    p_verdict = {"permutation": row["p_value"], "lmm": row["lmm_p"],
+                 "both": max(row["p_value"], row["lmm_p"]) if lmm_ok else math.nan}[test]
+    return {"decided_by": by, "significant": bool(sig), "outcome": outcome, "p_verdict": p_verdict,
+            "test_used": test}
 
 
 # ------------------------------------------------------------------ verdicts
@@ -379,9 +438,14 @@ def _g(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _ci(lo: float, hi: float) -> str:
+    return f"[{_g(lo)}, {_g(hi)}]"
+
+
 def verdict(row: dict, settings: SignificanceSettings) -> str:
     """The one-line verdict of a comparison row: the identifying columns of
-    :data:`COLUMNS` plus what :func:`compare` returns (``paired``, ``smallest_p``)."""
+    :data:`COLUMNS` plus what :func:`compare` returns.  The floor the permutation test's
+    seeds put on p is not repeated here: the report's headline says it once."""
     words, higher_better = METRICS[row["metric"]]
     a, b, diff = row["a"], row["b"], row["diff"]
     where = f"{row['model']}/{row['reward']}: "
@@ -398,7 +462,12 @@ def verdict(row: dict, settings: SignificanceSettings) -> str:
         detail = [row["statistic"].replace(" (", ", ").rstrip(")"),
                   f"censored runs: {a} {row['censored_a']}/{row['n_a']}, {b} {row['censored_b']}/{row['n_b']}"]
     else:
-        at = f" at matched reward {row['level']:.4g}" if not math.isnan(row["level"]) else ""
+        if not math.isnan(row["level"]):
+            at = f" at matched reward {row['level']:.4g}"
+        elif row["statistic"].startswith("mean over evaluated checkpoints"):
+            at = " over the evaluated checkpoints" + row["statistic"].removeprefix("mean over evaluated checkpoints")
+        else:
+            at = ""
         if diff == 0:
             claim = f"{b} and {a} have the same {words}{at}"
         else:
@@ -406,14 +475,20 @@ def verdict(row: dict, settings: SignificanceSettings) -> str:
             claim = (f"{b} has {_g(abs(diff))} {'higher' if diff > 0 else 'lower'} {words} than {a}{at} "
                      f"({'better' if better else 'worse'})")
         detail = []
-    level = f"{100 * settings.level:g}% CI of {b} - {a} [{_g(row['ci_low'])}, {_g(row['ci_high'])}]"
+    level = f"{100 * settings.level:g}% CI of {b} - {a} {_ci(row['ci_low'], row['ci_high'])}"
     seeds = f"{row['n_a']} paired seeds" if row["paired"] else f"{row['n_a']} + {row['n_b']} seeds"
     test = row["test"].split(" (")[0]
-    detail += [level, f"p={row['p_value']:.3g}", test, seeds]
+    if math.isnan(row["lmm_p"]):
+        lmm = f"LMM {row['lmm_note']}"
+    else:
+        lmm = (f"LMM {_g(row['lmm_diff'])} {_ci(row['lmm_ci_low'], row['lmm_ci_high'])}, p={row['lmm_p']:.3g} "
+               f"({row['lmm_n_obs']} observations)")
+    detail += [level, f"{test} p={row['p_value']:.3g}", lmm, seeds]
     line = f"{where}{claim} ({'; '.join(detail)}): "
+    by = row["decided_by"]
     if row["significant"]:
-        return line + f"significant at alpha={settings.alpha:g}"
-    line += f"not significant at alpha={settings.alpha:g}"
+        return line + f"significant at alpha={settings.alpha:g}, {row['outcome']} (decided by {by})"
+    line += f"not significant at alpha={settings.alpha:g} (decided by {by})"
     n, d = row["seeds_for_power"], row["effect_size"]
     per = "" if row["paired"] else " per algorithm"
     pw = f"{100 * settings.power:g}% power"
@@ -424,8 +499,6 @@ def verdict(row: dict, settings: SignificanceSettings) -> str:
                  else f"; >{settings.max_seeds} seeds{per} needed for {pw}")
     else:
         line += f"; ~{int(n)} seeds{per} needed for {pw}"
-    if row.get("smallest_p", 0) > settings.alpha:
-        line += f" (with these seeds the smallest attainable p is {row['smallest_p']:.3g})"
     return line
 
 
@@ -479,14 +552,33 @@ def significance_table(curves: pd.DataFrame, points: pd.DataFrame, config: dict,
     if len(ett):
         frames.append(ett.assign(metric="epochs_to_target", level=ett["target"], value=ett["epochs"]))
     fin = final_reward_runs(curves)
+    # the observations behind a per-run value, for the mixed model: (model, reward, metric, level key) -> frame
+    obs_of: dict[tuple, pd.DataFrame] = {}
+    statistic_of: dict[tuple, str] = {}
     if len(fin):
         frames.append(fin.assign(metric="final_reward", level=math.nan))
+        last = (curves.sort_values("epoch").groupby(["model", "reward", "algorithm", "seed"]).tail(FINAL_LAST_K))
+        for (model, reward), g in last.groupby(["model", "reward"]):
+            obs_of[(model, reward, "final_reward", -math.inf)] = g.rename(columns={"reward_mean": "value"})[
+                ["algorithm", "seed", "epoch", "value"]]
+            statistic_of[(model, reward, "final_reward", -math.inf)] = f"mean of the last {FINAL_LAST_K} epochs"
     if not points.empty:
         for (model, reward), p in points.groupby(["model", "reward"]):
             levels = (ev.get("matched_rewards") or {}).get(reward) or auto_levels(p, "eval_reward")
             metrics = [q for q in MATCHED_METRICS if q in p and not p[q].isna().all()]
             if levels and metrics:
                 frames.append(matched_reward_runs(p, "eval_reward", metrics, levels))
+            ck = p[p["epoch"] >= 0]
+            epochs = sorted(int(e) for e in ck["epoch"].unique())
+            for q in metrics:  # the metric at every evaluated checkpoint: the paper's "over seeds and epochs"
+                o = ck[["algorithm", "seed", "epoch", q]].rename(columns={q: "value"}).dropna(subset=["value"])
+                if o.empty:
+                    continue
+                per_run = o.groupby(["algorithm", "seed"], as_index=False)["value"].mean()
+                frames.append(per_run.assign(model=model, reward=reward, metric=q, level=math.nan))
+                obs_of[(model, reward, q, -math.inf)] = o
+                statistic_of[(model, reward, q, -math.inf)] = (
+                    f"mean over evaluated checkpoints (epochs {', '.join(map(str, epochs))})")
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
@@ -510,7 +602,8 @@ def significance_table(curves: pd.DataFrame, points: pd.DataFrame, config: dict,
                 if not {a, b} <= set(sub["algorithm"]):
                     continue
                 row = {"model": model, "reward": reward, "metric": metric, "level": level, "a": a, "b": b,
-                       "censored_a": 0, "censored_b": 0, "statistic": "mean"}
+                       "censored_a": 0, "censored_b": 0,
+                       "statistic": statistic_of.get((model, reward, metric, key_level), "mean")}
                 if metric == "epochs_to_target":
                     horizon = int(sub["horizon"].min())
                     vals = sub["epochs"].astype(float).clip(upper=horizon + 1)
@@ -518,7 +611,8 @@ def significance_table(curves: pd.DataFrame, points: pd.DataFrame, config: dict,
                     sub = sub.assign(value=vals, censored=cens)
                     row["statistic"] = f"restricted mean (censored at horizon {horizon} epochs)"
                 sa, sb = _per_seed(sub, a), _per_seed(sub, b)
-                row.update(compare(sa, sb, settings))
+                obs = obs_of.get((model, reward, metric, key_level))
+                row.update(compare(sa, sb, settings, obs=obs, names=(a, b), metric=metric))
                 if metric == "epochs_to_target":  # censored among the seeds compared
                     ca, cb = _per_seed(sub, a, "censored"), _per_seed(sub, b, "censored")
                     if row["paired"]:
