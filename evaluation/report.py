@@ -6,7 +6,6 @@ links every artefact.
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 from evaluation.collapse import (
     GROUP_KEYS, auto_levels, bootstrap_ci, epochs_to_target_table, matched_reward_table,
 )
+from evaluation.headline import FOREST, significance_page, write_headline
 from evaluation.significance import SignificanceSettings, significance_settings, significance_table
 from pcpo.utils import atomic_path, atomic_write_text
 
@@ -112,24 +112,11 @@ def final_reward_table(curves: pd.DataFrame, points: pd.DataFrame, last_k: int =
 def significance_caption(settings: SignificanceSettings) -> str:
     return (f"Differences b - a between each algorithm and its pcpo- variant (and the configured pairs): "
             f"{100 * settings.level:g}% percentile-bootstrap CI, two-sided permutation test over seeds "
-            f"(paired sign-flip when both have the same seeds), verdict at alpha={settings.alpha:g}, seeds for "
-            f"{100 * settings.power:g}% power (t-test approximation)")
-
-
-def significance_html(sig: pd.DataFrame, caption: str) -> str:
-    """A self-contained page of the verdicts and the table, for Snakemake's HTML report."""
-    cols = [c for c in sig.columns if c != "verdict"]
-    items = "\n".join(f'<li class="{"sig" if r.significant else "ns"}">{html.escape(r.verdict)}</li>'
-                       for r in sig.itertuples())
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
-                     for _, r in sig.iterrows())
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Statistical tests</title><style>"
-            "body{font-family:sans-serif;font-size:13px} li.sig{font-weight:bold} "
-            "table{border-collapse:collapse} td,th{border:1px solid #bbb;padding:2px 5px}</style></head><body>\n"
-            f"<h2>Statistical tests</h2>\n<p>{html.escape(caption)}</p>\n"
-            f"<ul>\n{items or '<li>no pairs to compare</li>'}\n</ul>\n"
-            f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n</body></html>\n")
+            f"(paired sign-flip when both have the same seeds), and the paper's linear mixed model "
+            f"(value ~ algorithm + C(epoch), random intercept per seed, REML, t with between-within df) over "
+            f"seeds x evaluated checkpoints; verdict at alpha={settings.alpha:g} by the test "
+            f"report.significance.test names ({settings.test}; auto: the permutation test where the seeds can "
+            f"reach alpha, else the mixed model), seeds for {100 * settings.power:g}% power (t-test approximation)")
 
 
 def write_significance(sig: pd.DataFrame, out: Path, settings: SignificanceSettings) -> list[Path]:
@@ -148,7 +135,7 @@ def write_significance(sig: pd.DataFrame, out: Path, settings: SignificanceSetti
         items = (_tex_cell(v).replace("~", "$\\sim$").replace(">", "$>$") for v in verdicts)
         tex += "\\begin{itemize}\n" + "".join(f"\\item{{}} {v}\n" for v in items) + "\\end{itemize}\n"
     atomic_write_text(paths[2], tex)
-    atomic_write_text(paths[3], significance_html(sig, caption))
+    atomic_write_text(paths[3], significance_page(sig, settings, caption, out / FOREST))  # evaluation/headline.py
     return paths
 
 
@@ -424,6 +411,9 @@ def build_report(results: str | Path, config: dict) -> Path:
     sig_settings = significance_settings(config)
     sig = significance_table(curves, points, config, sig_settings)  # before any writes: a config error writes nothing
     sections: list[str] = [f"# Report: experiment `{config.get('experiment')}`\n"]
+    # --- headline (evaluation/headline.py): verdict tables, pilot line, headline_forest.png ---
+    sections.append(write_headline(sig, sig_settings, out)[0])
+    # --- end headline ---
 
     final = final_reward_table(curves, points) if not curves.empty else pd.DataFrame()
     write_table(final, out, "final_reward", "Training reward (first and last 3 epochs, mean over seeds, 95% bootstrap CI) and clip fraction")
