@@ -106,12 +106,16 @@ def verdict_tables(sig: pd.DataFrame, settings: SignificanceSettings) -> list[tu
     return out
 
 
-def plot_forest(sig: pd.DataFrame, path: Path) -> Path | None:
-    """Every ``b - a`` effect with its CI (of the deciding test), one panel per metric."""
-    if sig.empty:
-        return None
+def plot_forest(sig: pd.DataFrame, path: Path) -> Path:
+    """Every ``b - a`` effect with its CI (of the deciding test), one panel per metric;
+    written even without pairs (a one-line figure saying so)."""
     from evaluation.report import _plt, _save
 
+    if sig.empty:  # the file is a workflow output: it exists, and says why it is empty
+        fig, ax = _plt().subplots(figsize=(5, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no pair of algorithms to compare", ha="center", va="center")
+        return _save(fig, path)
     metrics = [m for m in METRICS if m in set(sig["metric"])]
     plt = _plt()
     heights = [max(1, int((sig["metric"] == m).sum())) for m in metrics]
@@ -252,7 +256,7 @@ def significance_page(sig: pd.DataFrame, settings: SignificanceSettings, caption
             rows.append(f'<tr class="{cls}" title="{e(tip)}">{cells}</tr>')
         parts.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows)
                      + "\n</tbody></table>")
-    if forest is not None and forest.is_file():
+    if forest is not None and forest.is_file() and not sig.empty:
         data = base64.b64encode(forest.read_bytes()).decode()
         parts.append(f"<details open><summary>Forest plot of every effect</summary>"
                      f'<img alt="forest plot" src="data:image/png;base64,{data}"></details>')
@@ -263,4 +267,4 @@ def significance_page(sig: pd.DataFrame, settings: SignificanceSettings, caption
 def write_headline(sig: pd.DataFrame, settings: SignificanceSettings, out: Path) -> tuple[str, list[Path]]:
     """Write ``headline_forest.png``; return the headline's Markdown and the files written."""
     forest = plot_forest(sig, out / FOREST)
-    return headline_markdown(sig, settings, forest), [p for p in (forest,) if p is not None]
+    return headline_markdown(sig, settings, forest), [forest]

@@ -3,9 +3,10 @@
 For every (model, reward), every pair ``(a, b)`` -- each algorithm ``X`` whose
 ``pcpo-X`` ran as well, plus the pairs named in ``report.significance.pairs`` --
 and every metric, :func:`significance_table` reports the difference ``b - a``,
-a confidence interval for it, a permutation-test p-value, a one-line verdict at
-the configured alpha and the number of seeds a test would need to detect the
-observed effect with the configured power.
+a confidence interval for it, a permutation-test p-value, the estimate, CI and p
+of the paper's linear mixed model (:mod:`evaluation.lmm`), which test decided, a
+one-line verdict at the configured alpha and the number of seeds a test would need
+to detect the observed effect with the configured power.
 
 Metrics (one value per run, i.e. per seed):
 
@@ -20,6 +21,15 @@ Metrics (one value per run, i.e. per seed):
   checkpoints as in :func:`evaluation.collapse.matched_reward_table`.  A run that
   never reaches a level has no value there and is left out of that comparison
   (``n_a``/``n_b`` say how many remain).
+* the same quality metrics over the evaluated checkpoints (``level`` NaN, statistic
+  "mean over evaluated checkpoints (epochs ...)"): per run, the mean over its
+  evaluated epochs -- the comparison the paper's mixed model makes, at equal epochs
+  rather than at equal reward.
+
+Observations for the mixed model: the per-epoch values behind a per-run value (the
+last 3 epochs' training reward for ``final_reward``, every evaluated checkpoint for
+the checkpoint rows), else the per-run value itself (one observation per run: the
+model is then the paired, or two-sample, t-test).
 
 Design.  Seeds are common random numbers: seed ``s`` of ``a`` and seed ``s`` of
 ``b`` draw the same prompts and initial noise, so the two runs of one seed form a
@@ -27,7 +37,7 @@ pair.  With ``paired: auto`` (the default) a comparison is paired when both
 arms have the same set of seeds, unpaired otherwise; ``paired: true`` pairs the
 seeds the arms share (dropping the others), ``paired: false`` never pairs.
 
-Test (two-sided, statistic: the mean difference).
+Test (two-sided, statistic: the mean difference; :func:`scipy.stats.permutation_test`).
 
 * paired: the sign-flip permutation test on the per-seed differences ``b_s - a_s``
   (under the null the labels within a seed are exchangeable, so each difference
@@ -44,13 +54,21 @@ reproducible.  With few seeds the smallest attainable p-value is coarse
 (``2 / 2**n`` paired, ``2 / C(n_a + n_b, n_a)`` unpaired: 0.25 for 3 paired
 seeds); verdicts say so when it exceeds alpha.
 
-Confidence interval.  Percentile bootstrap of the mean difference at level
+Confidence interval.  Percentile bootstrap (:func:`scipy.stats.bootstrap`) of the mean difference at level
 ``1 - alpha`` (95% at alpha 0.05): paired comparisons resample seeds (pairs), so
 each resample keeps the pairing; unpaired ones resample each arm separately.
 Percentile, not BCa: BCa's jackknife acceleration is unstable at 3 to 5 seeds,
 and the percentile interval matches the other tables of the report.  With so few
-seeds a bootstrap interval is too narrow; the verdict is decided by the
-permutation test alone, the interval describes the size of the effect.
+seeds a bootstrap interval is too narrow; the interval describes the size of the
+effect, the tests decide.
+
+Which test decides (``report.significance.test``, :func:`decide`): ``permutation``,
+``lmm``, ``both`` (both must reject) or ``auto`` (default): the permutation test where
+its seeds can reach alpha at all, the mixed model where they cannot (3 paired seeds:
+smallest p 0.25).  The choice is fixed by the number of seeds, not by the data.  The
+mixed model's p can go below the permutation floor because it assumes normal errors,
+not because checkpoints add independent replications: read an LMM verdict from a
+pilot of 3 seeds as a pilot's.  ``decided_by`` and the verdict name the test.
 
 Censoring.  A run that never reaches the target is not dropped: its epochs to
 target is only known to exceed its horizon (the epochs it trained).  Every run
@@ -88,6 +106,7 @@ Config (``report.significance``, every key optional)::
     n_permutations: 10000  # Monte Carlo draws when exact enumeration is too large
     seed: 0                # of the bootstrap and Monte Carlo draws
     max_seeds: 1000        # cap of the power search
+    test: auto             # auto | permutation | lmm | both: which test decides the verdict
 """
 from __future__ import annotations
 
@@ -239,10 +258,19 @@ def permutation_test(a, b, paired: bool, n_permutations: int = 10000, seed: int 
         count, data, stat, kind = math.comb(a.size + b.size, b.size), (a, b), _abs_mean_diff, "independent"
         name, unit = "two-sample permutation", "splits"
     exact = count <= EXACT_LIMIT
+    how = f"exact, {count} {unit}" if exact else f"Monte Carlo, {n_permutations} draws"
+    if min(x.size for x in data) < 2:  # scipy wants two observations per sample; enumerate the few cases
+        if paired:  # one difference: both sign patterns are as extreme
+            return 1.0, f"{name} ({how})"
+        x = np.concatenate(data)
+        one = 0 if a.size == 1 else 1  # which arm is the single run; every run can take its place
+        rest = (x.sum() - x) / (x.size - 1)
+        null = np.abs(x - rest) if one == 1 else np.abs(rest - x)
+        tol = 1e-12 * max(float(np.abs(x).max()), 1e-300)
+        return float(np.mean(null >= stat(*data) - tol)), f"{name} ({how})"
     res = stats.permutation_test(data, stat, permutation_type=kind, vectorized=True, alternative="greater",
                                  n_resamples=np.inf if exact else n_permutations,
                                  rng=np.random.default_rng(seed))
-    how = f"exact, {count} {unit}" if exact else f"Monte Carlo, {n_permutations} draws"
     return float(min(1.0, res.pvalue)), f"{name} ({how})"
 
 

@@ -87,6 +87,25 @@ def _exact_unpaired(a, b):
     return hits / total
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 12])
+def test_scipy_exact_sign_flip_equals_brute_force_enumeration(n):
+    rng = np.random.default_rng(n)
+    d = rng.normal(0.3, 1.0, n)
+    p, how = permutation_test(np.zeros(n), d, paired=True)
+    assert f"exact, {2 ** n} sign patterns" in how
+    assert p == pytest.approx(_exact_paired(d), abs=1e-12)
+
+
+@pytest.mark.parametrize("na,nb", [(1, 2), (2, 2), (3, 3), (2, 5), (4, 6), (6, 6)])
+def test_scipy_exact_two_sample_equals_brute_force_enumeration(na, nb):
+    rng = np.random.default_rng(10 * na + nb)
+    a, b = rng.normal(0, 1, na), rng.normal(0.7, 1, nb)
+    p, how = permutation_test(a, b, paired=False)
+    assert f"exact, {math.comb(na + nb, nb)} splits" in how
+    # |mean difference| counted both ways, so an unequal split's skewed null is not doubled
+    assert p == pytest.approx(_exact_unpaired(a, b), abs=1e-12)
+
+
 def test_monte_carlo_p_values_approach_the_exact_ones_and_are_reproducible():
     rng = np.random.default_rng(3)
     d = rng.normal(0.5, 1.0, 13)  # 8192 sign patterns: past the exact limit
@@ -107,6 +126,20 @@ def test_smallest_attainable_p_sets_a_floor_on_the_seeds():
     r = compare(pd.Series([0.0, 0.1, 0.2]), pd.Series([1.0, 1.1, 1.2]), S)
     assert r["p_value"] == pytest.approx(0.25) and not r["significant"]
     assert r["seeds_for_power"] == 6
+
+
+def test_bootstrap_ci_matches_a_plain_resampling_and_needs_two_seeds():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 1, 6), rng.normal(0.5, 1, 6)
+    lo, hi = bootstrap_diff_ci(a, b, paired=True, n_boot=20000)
+    d = b - a
+    boot = d[np.random.default_rng(9).integers(0, 6, (20000, 6))].mean(axis=1)
+    # the two resamplings differ only by Monte Carlo error: a few bootstrap standard errors of a quantile
+    tol = 4 * boot.std() * math.sqrt(0.025 * 0.975 / 20000) / stats.norm.pdf(stats.norm.ppf(0.025))
+    assert lo == pytest.approx(np.quantile(boot, 0.025), abs=tol)
+    assert hi == pytest.approx(np.quantile(boot, 0.975), abs=tol)
+    assert all(math.isnan(x) for x in bootstrap_diff_ci([1.0], [2.0], paired=True))
+    assert all(math.isnan(x) for x in bootstrap_diff_ci([1.0], [2.0, 3.0], paired=False))
 
 
 def test_bootstrap_ci_keeps_the_pairing():
@@ -319,6 +352,7 @@ def test_empty_tables_give_an_empty_table():
     ({"pairs": [["x", "x"]]}, "report.significance.pairs[0]"),
     ({"n_bootstrap": 0}, "report.significance.n_bootstrap"),
     ({"alhpa": 0.1}, "report.significance.alhpa"),
+    ({"test": "anova"}, "report.significance.test"),
 ])
 def test_bad_config_names_the_field(block, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -357,11 +391,102 @@ def test_report_writes_the_tests_in_every_format(report):
     assert (sig["n_a"] == 3).all() and sig["test"].str.contains("exact, 8 sign patterns").all()
     md, tex, page = ((report / f"significance.{e}").read_text() for e in ("md", "tex", "html"))
     index = (report / "index.md").read_text()
+    tips = [t for _, rows in _page_tables(page) for _, t, _ in rows]
     for v in sig["verdict"]:
         assert v in md and v in index
-        assert v.replace("&", "&amp;").replace(">", "&gt;") in page
+        assert any(t.startswith(v) for t in tips)
+        assert "smallest attainable" not in v  # said once, in the headline
     assert "\\begin{itemize}" in tex and "\\begin{tabular}" in tex and "$\\sim$" in tex
     assert "## Statistical tests" in index
+    # both tests' numbers are there, and which one answered
+    assert sig["lmm_p"].notna().sum() >= len(sig) - 2 and sig["decided_by"].notna().all()
+    assert (sig["p_value"] >= 0.25).all()  # 3 paired seeds: the permutation floor
     # the other tables are untouched
     for name in ("final_reward", "epochs_to_target", "matched_reward"):
         assert (report / f"{name}.csv").is_file()
+
+
+# ------------------------------------------------------------------ the headline and the compact page
+
+def _page_tables(page: str):
+    """``[(header cells, [(row classes, row title, cells)])]`` of every table of an HTML page."""
+    from html.parser import HTMLParser
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "table":
+                self.tables.append(([], []))
+            elif tag == "tr" and self.tables:
+                self.row = (a.get("class", "").split(), a.get("title", ""), [])
+            elif tag in ("th", "td"):
+                self.cell = ""
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag == "th":
+                self.tables[-1][0].append(self.cell)
+                self.cell = None
+            elif tag == "td":
+                self.row[2].append(self.cell)
+                self.cell = None
+            elif tag == "tr" and self.tables and self.row[2]:
+                self.tables[-1][1].append(self.row)
+
+    p = P()
+    p.feed(page)
+    return p.tables
+
+
+def test_significance_page_is_compact_grouped_and_offline(report):
+    from evaluation.headline import PAGE_COLUMNS
+
+    page = (report / "significance.html").read_text()
+    sig = pd.read_csv(report / "significance.csv")
+    tables = _page_tables(page)
+    assert len(tables) == sig.groupby(["model", "reward", "a", "b"]).ngroups  # one per pair
+    assert sum(len(rows) for _, rows in tables) == len(sig)
+    for head, rows in tables:
+        assert len(head) == len(PAGE_COLUMNS) <= 12
+        for classes, title, cells in rows:
+            assert len(cells) == len(head)
+            verdict_class = {"better", "worse", "not-distinguishable", "no-data"} & set(classes)
+            assert len(verdict_class) == 1  # every row carries its verdict's colour
+            assert cells[PAGE_COLUMNS.index("verdict")].replace(" ", "-") == verdict_class.pop()
+            assert title  # the long text lives in the tooltip
+        metrics = [c[2][0] for c in rows]
+        assert metrics == sorted(metrics, key=metrics.index)  # grouped: a metric's rows are adjacent
+    assert "<script>" in page and "sortable" in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched: the tests run offline
+    assert page.count("pilot: 3 paired seeds cannot reach p &lt; 0.05") == 1
+    assert "<details" in page and "data:image/png;base64," in page
+
+
+def test_index_opens_with_the_headline(report):
+    index = (report / "index.md").read_text()
+    sections = [line for line in index.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Headline"
+    head = index.split("\n## ", 2)[1]
+    assert head.count("pilot: 3 paired seeds cannot reach p < 0.05 with the permutation test") == 1
+    assert "6 needed" in head and "![Forest plot of every effect](headline_forest.png)" in head
+    assert "### eps / digit_boldness: pcpo-ddpo against ddpo" in head
+    assert "| metric | at | pcpo-ddpo − ddpo | 95% CI | p | verdict | seeds for 80% power |" in head
+    assert index.count("pilot:") == 1  # not repeated per bullet
+    forest = report / "headline_forest.png"
+    assert forest.is_file() and forest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forest_plot_is_written_without_pairs(tmp_path):
+    from evaluation.headline import plot_forest, write_headline
+
+    p = plot_forest(pd.DataFrame(columns=COLUMNS), tmp_path / "f.png")
+    assert p.is_file()
+    md, paths = write_headline(pd.DataFrame(columns=COLUMNS), SignificanceSettings(), tmp_path)
+    assert "No pair of algorithms to compare" in md and paths == [tmp_path / "headline_forest.png"]
