@@ -72,7 +72,8 @@ def pilot_lines(sig: pd.DataFrame, settings: SignificanceSettings) -> list[str]:
     for paired, g in stuck.groupby("paired"):
         for n in sorted(set(g["n_a"])):
             need = min_seeds_for_permutation(settings.alpha, bool(paired))
-            what = "paired seeds" if paired else "seeds per algorithm"
+            what = ("paired seed" if paired else "seed per algorithm") if n == 1 else (
+                "paired seeds" if paired else "seeds per algorithm")
             line = (f"pilot: {n} {what} cannot reach p < {settings.alpha:g} with the permutation test "
                     f"(smallest attainable p {g.loc[g['n_a'] == n, 'smallest_p'].min():.3g}); {need} needed")
             lmm = g[(g["n_a"] == n) & g["decided_by"].str.startswith("LMM")]

@@ -28,7 +28,10 @@ check.
 Caveat.  The checkpoints of one run are treated as independent given its seed and epoch, as
 a model "over seeds and epochs" does.  A run that stays above its seed's mean at every
 checkpoint makes the p-value too small; the per-run permutation test has no such assumption.
-Epochs are not independent replications of the algorithm effect, seeds are.
+Epochs are not independent replications of the algorithm effect, seeds are.  With one
+observation per run the model assumes normal errors where the permutation test assumes
+nothing; for epochs to target those observations are restricted (censored) means, which a
+normal model describes only roughly.
 
 Degenerate inputs give ``note = "not estimable: <reason>"`` and NaN numbers, never an error.
 """

@@ -401,6 +401,9 @@ def test_report_writes_the_tests_in_every_format(report):
     # both tests' numbers are there, and which one answered
     assert sig["lmm_p"].notna().sum() >= len(sig) - 2 and sig["decided_by"].notna().all()
     assert (sig["p_value"] >= 0.25).all()  # 3 paired seeds: the permutation floor
+    # ... yet the default experiment reaches verdicts: auto lets the mixed model answer there
+    reached = sig[sig["outcome"].isin(["better", "worse"])]
+    assert len(reached) and reached["decided_by"].str.startswith("LMM").all() and (reached["lmm_p"] <= 0.05).all()
     # the other tables are untouched
     for name in ("final_reward", "epochs_to_target", "matched_reward"):
         assert (report / f"{name}.csv").is_file()
@@ -490,3 +493,17 @@ def test_forest_plot_is_written_without_pairs(tmp_path):
     assert p.is_file()
     md, paths = write_headline(pd.DataFrame(columns=COLUMNS), SignificanceSettings(), tmp_path)
     assert "No pair of algorithms to compare" in md and paths == [tmp_path / "headline_forest.png"]
+
+
+def test_one_seed_gives_not_estimable_rows_and_a_page(tmp_path):
+    from evaluation.headline import significance_page, write_headline
+
+    curves = curves_frame(_noisy_runs(1, 0.05))
+    sig = significance_table(curves, pd.DataFrame(), config())
+    r = row_of(sig, "final_reward")
+    assert r["lmm_note"] == "not estimable: 1 paired seed; a random intercept per seed needs at least 2"
+    assert r["outcome"] == "not distinguishable" and "LMM not estimable" in r["decided_by"]
+    md, _ = write_headline(sig, S, tmp_path)
+    assert "pilot: 1 paired seed cannot reach p < 0.05" in md
+    page = significance_page(sig, S, "caption", tmp_path / "headline_forest.png")
+    assert "n/e" in page and "not-distinguishable" in page
