@@ -110,7 +110,11 @@ class RunLoggers:
             log.info("TensorBoard events in %s (watch with: tensorboard --logdir %s)", self.out / "tensorboard",
                      self.out)
         if cfg.train.wandb.enabled:
-            self.wandb_run = self._open_wandb(cfg, name, seed, config)
+            try:
+                self.wandb_run = self._open_wandb(cfg, name, seed, config)
+            except BaseException:
+                self.close(failed=True)
+                raise
 
     def _open_wandb(self, cfg: TrainingConfig, name: str, seed: int, config: dict):
         w = cfg.train.wandb

@@ -93,12 +93,13 @@ def test_wandb_is_resumable_and_checked(tmp_path):
     ("torch.utils.tensorboard", "train.tensorboard", "pip install tensorboard"),
     ("wandb", "train.wandb.enabled", "pip install wandb"),
 ])
-def test_missing_logger_package_is_a_one_line_error(tmp_path, tiny_models, monkeypatch, capsys, module, setting, fix):
+def test_missing_logger_package_is_a_one_line_error(tmp_path, monkeypatch, capsys, module, setting, fix):
     from pcpo import cli
 
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)  # cli.main sets it
-    cfg = make_config(tmp_path, tiny_models["eps"], "eps")
+    # no model at all: the check comes before anything loads or is written
+    cfg = make_config(tmp_path, str(tmp_path / "no-model-here"), "eps")
     out = tmp_path / "run"
     argv = ["train", "--config", str(cfg), "--algorithm", ALGORITHM, "--out", str(out), "--no-progress"]
     if module == "wandb":
@@ -109,6 +110,25 @@ def test_missing_logger_package_is_a_one_line_error(tmp_path, tiny_models, monke
     assert len(err) == 1, err
     assert setting in err[0] and fix in err[0] and f"{setting}: false" in err[0], err[0]
     assert not out.exists() or sorted(p.name for p in out.iterdir()) in ([], [".lock"])
+
+
+def test_wandb_init_refused_is_a_one_line_error(tmp_path, monkeypatch):
+    import wandb
+
+    from pcpo.config import load_config
+    from pcpo.tracking import RunLoggers, TrackingError
+
+    def refuse(**kw):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nmore")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    cfg = load_config(None, {"train": {"wandb": {"enabled": True, "mode": "online"}}})
+    with pytest.raises(TrackingError) as e:
+        RunLoggers(cfg, tmp_path / "run", ALGORITHM, 0, 0, {})
+    msg = str(e.value)
+    assert "\n" not in msg and "api_key not configured" in msg and "train.wandb.mode: offline" in msg, msg
+    # the id a rerun would resume with is kept
+    assert (tmp_path / "run" / "wandb_run_id").is_file()
 
 
 # ---------------------------------------------------------------- TensorBoard, the default
