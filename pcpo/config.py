@@ -8,7 +8,8 @@ rejects anything it does not know inside them, naming the field:
     reward:    {name, options}
     prompts:   {source, options}
     sampling:  {steps, guidance_scale, eta, noise_level, batch_size}
-    train:     {epochs, prompts_per_epoch, group_size, train_batch_size, ...}
+    train:     {epochs, prompts_per_epoch, group_size, train_batch_size, ..., tensorboard,
+                wandb: {enabled, project, entity, group, tags, mode, dir}}
     lora:      {enabled, rank, alpha}
     pcpo:      {w_star, sigma_root, zeta, variant}
 
@@ -102,6 +103,20 @@ class PcpoConfig:
 
 
 @dataclass
+class WandbConfig:
+    """The optional Weights & Biases logger (pcpo.tracking); ``wandb`` is imported only when enabled."""
+
+    enabled: bool = False
+    project: str = "pcpo-bench"
+    entity: str | None = None  # None: the logged-in user's default
+    group: str | None = None  # None: the experiment name
+    tags: list = field(default_factory=list)
+    #: online | offline (upload later with `wandb sync`); None: wandb's own choice ($WANDB_MODE, else online)
+    mode: str | None = None
+    dir: str | None = None  # where wandb writes; None: $WANDB_DIR, else the run folder
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     prompts_per_epoch: int = 8  # groups per epoch
@@ -127,7 +142,9 @@ class TrainConfig:
     #: how the denoiser is spread over processes: "none" (each holds it whole; DDP when N > 1) or
     #: "fsdp" (torch's fully_shard, one unit per block; a full fine-tune, as DanceGRPO's FSDP script)
     sharding: str = "none"
-    tensorboard: bool = False
+    #: TensorBoard event files in <run>/tensorboard: every metrics.csv column each epoch, samples at checkpoints
+    tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     device: str = "auto"  # auto | cpu | cuda
     deterministic_kernels: bool = True  # CUDA: no TF32, deterministic cuDNN (see Trainer._setup)
 
@@ -319,6 +336,8 @@ def validate(cfg: TrainingConfig) -> None:
     if cfg.ema.decay is not None and not 0 < cfg.ema.decay < 1:
         raise ConfigError(f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
     positive("ema.update_every", cfg.ema.update_every)
+    if t.wandb.mode not in (None, "online", "offline"):
+        raise ConfigError(f"train.wandb.mode: must be 'online' or 'offline' (or null: wandb's default), got {t.wandb.mode!r}")
     if cfg.ema.unit not in (None, "batch", "step", "epoch"):
         raise ConfigError(f"ema.unit: must be 'batch', 'step' or 'epoch', got {cfg.ema.unit!r}")
 

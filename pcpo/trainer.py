@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from pcpo import checkpoint as ck
-from pcpo import sharding
+from pcpo import sharding, tracking
 from pcpo.advantages import ADVANTAGES, clip_advantages
 from pcpo.algorithms import Framework, get_algorithm
-from pcpo.config import ConfigError, TrainingConfig, batch_arithmetic, config_to_dict, recomputes_old_logprobs
+from pcpo.config import (ConfigError, TrainingConfig, WandbConfig, batch_arithmetic, config_to_dict,
+                         recomputes_old_logprobs)
 from pcpo.credit import install_policy_mix, plan_for_run, plan_summary
 from pcpo.noise_schedules import schedule_levels, stochastic_count
 from pcpo.objectives import OBJECTIVES, Objective, StepContext, approx_kl, outside_clip_range, step_kl
@@ -69,7 +70,8 @@ STATIC_FAMILIES = {"tiny-eps": "ddim", "tiny-flow": "flow", "sd1": "ddim", "flux
 #: long to run, the rollout micro-batch); every other field of config.json must match the checkpoint's
 RESUMABLE_CHANGES = {"train.epochs", "train.checkpoint_every", "train.tensorboard", "train.device",
                      "train.deterministic_kernels", "train.logratio_tolerance", "train.sharding",
-                     "sampling.batch_size", "model.gradient_checkpointing"}
+                     "sampling.batch_size", "model.gradient_checkpointing"} | {
+                     f"train.wandb.{f.name}" for f in dataclasses.fields(WandbConfig)}
 
 
 def identity_config(cfg: TrainingConfig) -> dict:
@@ -192,6 +194,7 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         batch_arithmetic(cfg, self.world, cfg.sampling.steps, 1)  # fail on the split before loading anything
+        tracking.check_available(cfg)  # a switched-on logger's package is missing: fail now, in one line
         # one writer per run folder, decided before any model loads or anything is written
         self._lock_out()
         self.prompts = self._load_prompts()
@@ -282,7 +285,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.audit: list[dict] = []
         self.start_epoch = 0
-        self.tb = None
+        self.loggers: tracking.RunLoggers | None = None  # TensorBoard / wandb, opened by _run
         # the framework's rollout hook, built last: it may copy the trainable weights (pcpo.rollout_hooks)
         self.hook = make_hook(self.fw.rollout_hook, self, self.fw.rollout_hook_options)
 
@@ -643,6 +646,8 @@ class Trainer:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+            if self.loggers is not None:  # closed already after a finished run; else the run failed
+                self.loggers.close(failed=True)
             self._unlock()
 
     def _summary(self) -> dict:
@@ -674,11 +679,6 @@ class Trainer:
                            "timesteps": self.grid.timesteps.tolist(), **self._objective_weight()},
             })
         print(self.describe(), flush=True)
-        if self.cfg.train.tensorboard and self.acc.is_main_process:
-            with contextlib.suppress(ImportError):
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tensorboard"))
         fault = os.environ.get("PCPO_FAULT_AFTER_EPOCH")
         epochs = self.cfg.train.epochs
         if self.start_epoch >= epochs:
@@ -689,6 +689,10 @@ class Trainer:
                 self._write_logs(self.rows[-1])
                 self._finish()
             return self.out
+        # the run's TensorBoard / wandb loggers (pcpo.tracking; only the main process writes)
+        self.loggers = tracking.RunLoggers(self.cfg, self.out, self.name, self.seed, self.start_epoch,
+                                           {"algorithm": self.name, "seed": self.seed, **config_to_dict(self.cfg)},
+                                           main_process=self.acc.is_main_process)
         from tqdm.auto import tqdm
 
         bar = tqdm(range(self.start_epoch, epochs), desc=f"{self.name} s{self.seed}", initial=self.start_epoch,
@@ -705,6 +709,7 @@ class Trainer:
             gathered = self.gather_sharded() if ckpt else None
             if self.acc.is_main_process:
                 self._write_logs(row)
+                self.loggers.log_epoch(row, images=ckpt)
                 if ckpt:
                     self.save(epoch, rank_rng, gathered)
             if ckpt and self.world > 1:
@@ -715,6 +720,7 @@ class Trainer:
                             fault, sig.name)
                 os.kill(os.getpid(), sig)
         self._epoch_now = None
+        self.loggers.close()
         if self.acc.is_main_process:
             self._finish()
         return self.out
@@ -735,10 +741,6 @@ class Trainer:
     def _write_logs(self, row: dict) -> None:
         _write_csv(self.out / "metrics.csv", self.rows)
         _write_csv(self.out / "credit_audit.csv", self.audit)
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self.tb.add_scalar(k, v, row["epoch"])
 
     # ------------------------------------------------------------------ epoch
     def sample_prompts(self) -> tuple[list[str], list[dict], torch.Tensor]:
@@ -820,6 +822,8 @@ class Trainer:
         traj.rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).cpu()
         all_rewards = self.acc.gather(traj.rewards.to(self.acc.device)).cpu() if self.world > 1 else traj.rewards
         t2 = time.perf_counter()
+        if self.loggers is not None:
+            self.loggers.stash(traj)  # a few samples for the checkpoint's image grid
         traj.advantages = self.advantages(traj)
         all_adv = self.acc.gather(traj.advantages.to(self.acc.device)).cpu() if self.world > 1 else traj.advantages
         stats = self.update(traj, epoch)

@@ -14,7 +14,7 @@ else
     echo "setup: building $VENV (torch is large: about 2 minutes from the local wheel cache)"
     rm -rf "$VENV"
     $PY -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e . 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -c "import pcpo, torch, diffusers, snakemake; print('setup: torch', torch.__version__)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[wandb]" 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -c "import pcpo, torch, diffusers, snakemake, tensorboard, wandb; print('setup: torch', torch.__version__)"
     echo "$want" > "$stamp"
 fi

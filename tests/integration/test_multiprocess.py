@@ -109,6 +109,8 @@ def test_two_processes_match_one(tmp_path, tiny_models, algorithm, family):
     # not the per-process "loss" column: each process logs the mean of its own samples' losses
     assert_same_update(r1[0], r2[0], tmp_path / "one", tmp_path / "two", lr=1e-3)  # make_config's lr
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["epoch_000000", "latest"]
+    # only the main process writes TensorBoard events (train.tensorboard is on by default)
+    assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_two_process_kill_resumes_to_the_same_numbers(tmp_path, tiny_models):
