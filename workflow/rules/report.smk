@@ -1,6 +1,5 @@
 # All metrics -> one tidy table -> tables, plots and image grids.
 # Cheap bookkeeping: run on the submitting host, never as cluster jobs.
-import os
 
 
 localrules:
@@ -28,23 +27,6 @@ rule aggregate:
         **res("report"),
     shell:
         "OMP_NUM_THREADS={threads} {params.pcpo} aggregate --config {params.cfg} --results {params.results} > {log} 2>&1"
-
-
-def report_item(field, report_dir):
-    """Category, subcategory or labels of one file of the report folder, from the
-    report_items.json that `pcpo report` writes beside it (evaluation/figures.py); read when
-    `snakemake --report` builds the HTML report."""
-    from evaluation.figures import read_items
-
-    def get(wildcards):
-        it = read_items(report_dir).get(f"{wildcards.name}.{wildcards.ext}")
-        if it is None:  # written after the captions (should not happen): visible, not hidden under "Other"
-            it = {"category": "Statistical tests", "subcategory": "Unregistered", "title": wildcards.name}
-        if field == "labels":
-            return {"result": it["title"], "file": f"{wildcards.name}.{wildcards.ext}"}
-        return it[field]
-
-    return get
 
 
 rule report:
