@@ -44,7 +44,7 @@ def bounded_axis(ax, metric: str, label: str) -> str:
     if metric in FULL_RANGE or key in FULL_RANGE:
         lo, hi = FULL_RANGE.get(metric) or FULL_RANGE[key]
         ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
-        label = f"{label} [full range {lo:g}–{hi:g}]"
+        label = f"{label} [{lo:g}–{hi:g}, full range]"
     elif metric in STATED_RANGE or key in STATED_RANGE:
         lo, hi = STATED_RANGE.get(metric) or STATED_RANGE[key]
         label = f"{label} (zoomed; range {lo:g}–{hi:g})"

@@ -242,7 +242,8 @@ def plot_collapse(points: pd.DataFrame, metric: str, path: Path, label: str) -> 
             ax.scatter(base["eval_reward"].mean(), base[metric].mean(), marker="*", s=140, c="k", label="base", zorder=5)
         ax.set_title(f"{model} · {reward}")
         ax.set_xlabel(f"evaluated reward ({reward}, {_images(sub, 'eval_reward', reward)})")
-        F.bounded_axis(ax, metric, f"{label}, {_images(sub, metric)}")
+        F.bounded_axis(ax, metric, f"{label}\n({_images(sub, metric)})")
+        ax.ticklabel_format(useOffset=False)  # an offset label would sit on the axis label
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Collapse curve: {label} against reward (checkpoints in order; points: seeds)", fontsize=10)
