@@ -17,6 +17,10 @@ min_version("8.20")
 include: "workflow/rules/checks.smk"
 
 
+# the landing page of `snakemake --report report.html`: what the experiment is, where to look first
+report: "workflow/report/workflow.rst"
+
+
 # The default experiment, unless --configfile names one. A --configfile without `experiment:`
 # is refused: Snakemake would merge it into config/tiny.yaml and write over the tiny results.
 if "experiment" not in config:
@@ -54,5 +58,5 @@ onstart:
 
 rule all:
     input:
-        f"{RESULTS}/report/index.md",
+        f"{RESULTS}/report",
     default_target: True

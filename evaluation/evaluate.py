@@ -237,6 +237,7 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
     member = {m: set(idx) for m, (_, idx) in routes.items()}
     groups = [r["group"] for r in recs]
     reward_vals = {n: [] for n in nets.rewards}
+    reward_idx: list[int] = []  # the manifest position of each value in reward_vals, in order
     pool3: dict[int, torch.Tensor] = {}
     is_logits, cov_logits, dino_feats = [], [], []
     div_groups = {"diversity": [], "diversity_inception": []}
@@ -261,6 +262,7 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
                 for name, fn in nets.rewards.items():
                     r, _ = fn(xs, [recs[i]["prompt"] for i in idx], [recs[i]["metadata"] for i in idx])
                     reward_vals[name].append(torch.as_tensor(r, dtype=torch.float64).reshape(-1).cpu())
+                reward_idx.extend(idx)
                 spent["reward"] += time.perf_counter() - t
         memo: dict = {}
         for key, dist in (("diversity", nets.lpips), ("diversity_inception", nets.inc_distance)):
@@ -311,8 +313,10 @@ def evaluate_folder(samples: str | Path, cfg: dict, rewards: list[str] | None = 
     out: dict = {}
     for name, vals in reward_vals.items():
         r = torch.cat(vals)
+        # per image as well (manifest position and value): the report labels sample grids with them
         out[f"reward/{name}"] = {"value": float(r.mean()), "std": float(r.std(unbiased=False)),
-                                 "network": f"reward:{name}", "n": int(r.numel()), "prompt_set": routes["reward"][0]}
+                                 "network": f"reward:{name}", "n": int(r.numel()), "prompt_set": routes["reward"][0],
+                                 "per_image": {"index": list(reward_idx), "value": r.tolist()}}
     timing["reward"] = spent["reward"]
 
     resolution = int(load_images(folder, recs[:1]).shape[-1])

@@ -16,8 +16,9 @@ import pandas as pd
 from evaluation.collapse import (
     GROUP_KEYS, auto_levels, bootstrap_ci, epochs_to_target_table, matched_reward_table,
 )
+from evaluation import figures as F
 from evaluation.headline import FOREST, significance_page, write_headline
-from evaluation.significance import SignificanceSettings, significance_settings, significance_table
+from evaluation.significance import SignificanceSettings, default_pairs, significance_settings, significance_table
 from pcpo.utils import atomic_path, atomic_write_text
 
 # distribution and diversity metrics; each metric's image count (``<metric>_n``) and reference set
@@ -179,7 +180,7 @@ def plot_curves(curves: pd.DataFrame, col: str, ylabel: str, path: Path, title: 
             ax.fill_between(piv.index, lo, hi, color=line.get_color(), alpha=0.18)
         ax.set_title(f"{model} · {reward}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        F.bounded_axis(ax, col, ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title + " (line: mean over seeds; band: min–max)", fontsize=10)
@@ -227,12 +228,22 @@ def plot_collapse(points: pd.DataFrame, metric: str, path: Path, label: str) -> 
         if len(base):
             ax.scatter(base["eval_reward"].mean(), base[metric].mean(), marker="*", s=140, c="k", label="base", zorder=5)
         ax.set_title(f"{model} · {reward}")
-        ax.set_xlabel(f"evaluated reward ({reward})")
-        ax.set_ylabel(label)
+        ax.set_xlabel(f"evaluated reward ({reward}, {_images(sub, 'eval_reward', reward)})")
+        F.bounded_axis(ax, metric, f"{label}\n({_images(sub, metric)})")
+        ax.ticklabel_format(useOffset=False)  # an offset label would sit on the axis label
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Collapse curve: {label} against reward (checkpoints in order; points: seeds)", fontsize=10)
     return _save(fig, path)
+
+
+def _images(points: pd.DataFrame, metric: str, reward: str | None = None) -> str:
+    """'80 images' (per evaluated checkpoint), from the ``<metric>_n`` column of the tables."""
+    col = f"reward/{reward}_n" if metric == "eval_reward" and reward else f"{metric}_n"
+    ns = sorted({int(v) for v in points[col].dropna()}) if col in points else []
+    if not ns:
+        return "images per checkpoint not recorded"
+    return f"{ns[0]} images" if len(ns) == 1 else f"{ns[0]}–{ns[-1]} images"
 
 
 def plot_epochs_to_target(ett: pd.DataFrame, path: Path) -> Path | None:
@@ -360,7 +371,7 @@ def plot_credit_audit(audit: pd.DataFrame, path: Path) -> Path | None:
             axes[1][j].plot(clip.index, clip.values, st, ms=3, label=alg)
         axes[0][j].set_title(f"credit audit · {model}")
         axes[0][j].set_ylabel("share of gradient norm\n(at the network output)")
-        axes[1][j].set_ylabel("clip fraction |ρ−1| > ξ")
+        F.bounded_axis(axes[1][j], "clipfrac", "clip fraction |ρ−1| > ξ")
         axes[1][j].set_xlabel("sampling step (noise → data)")
         for a in axes[:, j]:
             a.grid(alpha=0.3)
@@ -397,6 +408,29 @@ def image_grid(results: Path, model: str, reward: str, algorithm: str, seed: int
 
 # ------------------------------------------------------------------ report
 
+def _seeds_desc(df: pd.DataFrame) -> str:
+    """'ddpo (3 seeds), pcpo-ddpo (3 seeds) on eps · digit_boldness; ...' for a caption."""
+    if df.empty:
+        return "no runs"
+    parts = []
+    for (model, reward), g in df[df["algorithm"] != "base"].groupby(["model", "reward"]):
+        algs = ", ".join(f"{a} ({s['seed'].nunique()} seed{'s' if s['seed'].nunique() != 1 else ''})"
+                         for a, s in g.groupby("algorithm"))
+        parts.append(f"{algs} on {model} · {reward}")
+    return "; ".join(parts)
+
+
+def _eval_desc(points: pd.DataFrame, metric: str | None = None) -> str:
+    """Which checkpoints were evaluated and on how many images, for a caption."""
+    if points.empty:
+        return "no evaluated checkpoints"
+    runs = points[points["epoch"] >= 0]
+    epochs = sorted({int(e) for e in runs["epoch"]})
+    n = _images(points, metric) if metric else _images(points, "eval_reward", str(points["reward"].iloc[0]))
+    return (f"evaluated checkpoints: epochs {', '.join(map(str, epochs))} of {_seeds_desc(runs)}, and the base model; "
+            f"{n} per checkpoint")
+
+
 def build_report(results: str | Path, config: dict) -> Path:
     results = Path(results)
     out = results / "report"
@@ -407,22 +441,41 @@ def build_report(results: str | Path, config: dict) -> Path:
     points = _read(tables / "all_metrics.csv")
     nets = _read(tables / "networks.csv")
     ev = config.get("evaluation", {})
-    targets = ev.get("targets", {})
+    trained = {r for block in config.get("matrix", []) for r in block.get("rewards", [])}
+    # targets of rewards no run trains are left out
+    targets = {k: v for k, v in (ev.get("targets") or {}).items() if k in trained}
     sig_settings = significance_settings(config)
     sig = significance_table(curves, points, config, sig_settings)  # before any writes: a config error writes nothing
+    items = F.ReportItems()
     sections: list[str] = [f"# Report: experiment `{config.get('experiment')}`\n"]
     # --- headline (evaluation/headline.py): verdict tables, pilot line, headline_forest.png ---
-    sections.append(write_headline(sig, sig_settings, out)[0])
+    head_md, head_files = write_headline(sig, sig_settings, out)
+    sections.append(head_md)
     # --- end headline ---
+    train_runs = _seeds_desc(curves)
+    for f in head_files:
+        items.add(f, F.STATISTICS, "Headline", "Every pcpo-X − X effect (start here)",
+                  f"Forest plot: each pcpo-X − X difference with the CI of the test that decided its verdict "
+                  f"(report.significance.test: {sig_settings.test}), one panel per metric; runs {train_runs}. "
+                  f"The verdict tables and the pilot line are at the top of significance.html.")
 
     final = final_reward_table(curves, points) if not curves.empty else pd.DataFrame()
-    write_table(final, out, "final_reward", "Training reward (first and last 3 epochs, mean over seeds, 95% bootstrap CI) and clip fraction")
+    paths = write_table(final, out, "final_reward", "Training reward (first and last 3 epochs, mean over seeds, 95% bootstrap CI) and clip fraction")
+    items.add(paths[0], F.TRAINING, "Tables", "Final reward and clip fraction",
+              f"Training reward of the first and the last 3 epochs (mean over seeds, 95% bootstrap CI), the gain, "
+              f"the clip fraction and, in final_* columns, the last evaluated checkpoint's reward and quality with "
+              f"the number of images each was measured on (final_<metric>_n). Runs: {train_runs}.")
     sections.append("## Final reward and clip fraction\n\n" + to_markdown(final))
 
     ett = epochs_to_target_table(curves, targets) if not curves.empty else pd.DataFrame()
-    write_table(ett, out, "epochs_to_target", "Epochs and network forwards to reach the target training reward "
-                "(95% bootstrap CI over seeds; forwards: forward and backward passes summed, CFG branches counted)")
-    sections.append("## Epochs and forwards to target\n\nTargets: " + ", ".join(f"{k} ≥ {v}" for k, v in targets.items())
+    paths = write_table(ett, out, "epochs_to_target", "Epochs and network forwards to reach the target training reward "
+                        "(95% bootstrap CI over seeds; forwards: forward and backward passes summed, CFG branches counted)")
+    tdesc = ", ".join(f"{k} ≥ {v}" for k, v in targets.items()) or "none set"
+    items.add(paths[0], F.TRAINING, "Tables", "Epochs and forwards to target",
+              f"Epochs and network forwards and backwards until the training reward first reaches the target "
+              f"({tdesc}); mean and 95% bootstrap CI over seeds; a run that never reaches it counts as its "
+              f"epochs plus one and is counted in 'censored'. Runs: {train_runs}.")
+    sections.append("## Epochs and forwards to target\n\nTargets: " + tdesc
                     + ". Forwards to target (`forwards_mean`) counts every network forward and backward pass up to "
                     "that epoch (rollout with CFG branches, rollout hooks, old-log-prob recompute, training, "
                     "reference model), so algorithms that sample or train different numbers of steps compare at "
@@ -434,58 +487,121 @@ def build_report(results: str | Path, config: dict) -> Path:
             levels = ev.get("matched_rewards", {}).get(reward) or auto_levels(p, "eval_reward")
             metrics = [q for q in QUALITY if q in p and not p[q].isna().all()]
             if levels and metrics:
-                matched_frames.append(matched_reward_table(p, "eval_reward", metrics, levels))
+                t = matched_reward_table(p, "eval_reward", metrics, levels)
+                for q in metrics:  # every quality number says from how many images
+                    ns = p[p["epoch"] >= 0][f"{q}_n"].dropna() if f"{q}_n" in p else pd.Series(dtype=float)
+                    t[f"{q}_images"] = int(ns.iloc[0]) if len(ns) and ns.nunique() == 1 else math.nan
+                matched_frames.append(t)
     matched = pd.concat(matched_frames, ignore_index=True) if matched_frames else pd.DataFrame()
-    write_table(matched, out, "matched_reward", "Quality and diversity at matched evaluated reward (interpolated along checkpoints; 95% bootstrap CI)")
+    paths = write_table(matched, out, "matched_reward", "Quality and diversity at matched evaluated reward (interpolated along checkpoints; 95% bootstrap CI)")
+    items.add(paths[0], F.QUALITY, "Tables", "Quality and diversity at matched reward",
+              f"Each quality and diversity metric interpolated along every run's evaluated checkpoints (the base "
+              f"model first) at the same evaluated reward, then mean and 95% bootstrap CI over the seeds that reach "
+              f"it (<metric>_seeds); <metric>_images is the number of images behind each value. "
+              f"{_eval_desc(points)}.")
     sections.append("## Quality and diversity at matched reward\n\n" + to_markdown(matched))
 
     credit = credit_table(results)
     if not credit.empty:
-        write_table(credit, out, "credit_weights", "Per-step credit: native weight, PCPO's trained weight, and the "
-                    "effective weight of objectives that reweight steps (native × their factor), with each one's "
-                    "share of the trajectory")
+        paths = write_table(credit, out, "credit_weights", "Per-step credit: native weight, PCPO's trained weight, and the "
+                            "effective weight of objectives that reweight steps (native × their factor), with each one's "
+                            "share of the trajectory")
+        items.add(paths[0], F.CREDIT, "Weights", "Credit weights per step",
+                  "Per model, algorithm and sampling step: the native weight, PCPO's trained weight or an "
+                  "objective's effective weight, and its share of the trajectory (from each algorithm's first "
+                  "run's config.json).")
         sections.append("## Credit over timesteps\n\nNative weight, PCPO's proportional weight and, for objectives "
                         "that reweight their steps (TempFlow-GRPO), native × their factor, as shares of the "
                         "trajectory (`credit_weights.csv`; plot below).\n\n"
                         + to_markdown(credit.pivot_table(index=["model", "step"], columns="algorithm",
                                                          values="share").reset_index()))
 
-    write_significance(sig, out, sig_settings)
+    for f in write_significance(sig, out, sig_settings):
+        if f.suffix in (".html", ".csv"):
+            items.add(f, F.STATISTICS, "Pairwise tests",
+                      "Verdicts: pcpo-X against X" if f.suffix == ".html" else "Every pairwise test (table)",
+                      significance_caption(sig_settings).rstrip(".") + f". Runs: {train_runs}.")
     sections.append("## Statistical tests\n\n" + significance_caption(sig_settings) + " (`significance.csv`, "
                     "`significance.html`).\n\n" + ("".join(f"* {v}\n" for v in sig["verdict"]) or "_(no pairs)_\n"))
     if not nets.empty:
+        paths = write_table(nets, out, "networks", "The network and weights behind each metric")
+        items.add(paths[0], F.QUALITY, "Tables", "Networks behind each metric",
+                  "The network, weights file and sha256 that measured each reward and quality metric.")
         sections.append("## Networks behind each metric\n\n" + to_markdown(nets))
 
+    clip = float((config.get("train") or {}).get("clip_range") or 1e-4)
+    band = f"Line: mean over seeds; band: min to max over seeds. Runs: {train_runs}."
     plots = [
-        ("Reward against epoch", plot_curves(curves, "reward_mean", "training reward", out / "reward_vs_epoch.png", "Training reward")),
+        ("Reward against epoch", plot_curves(curves, "reward_mean", "training reward", out / "reward_vs_epoch.png", "Training reward"),
+         F.TRAINING, "Reward", f"Mean training reward of each epoch's rollouts against epoch. {band}"),
         ("Reward against network forwards",
          plot_curves_vs_forwards(curves, "reward_mean", "training reward", out / "reward_vs_forwards.png",
-                                 "Training reward")),
+                                 "Training reward"),
+         F.TRAINING, "Reward", f"Mean training reward against the cumulative network forwards and backwards "
+                               f"(CFG branches counted), so runs compare at equal compute. {band}"),
         ("Clip fraction against epoch", plot_curves(curves, "clipfrac", "clip fraction |ρ−1| > ξ", out / "clipfrac_vs_epoch.png",
-                                                    "Clip fraction as the references log it (|ρ−1| > ξ, two-sided)")),
+                                                    "Clip fraction as the references log it (|ρ−1| > ξ, two-sided)"),
+         F.TRAINING, "Clipping", f"Share of sample-steps with |ρ−1| > ξ (two-sided, as the reference codes log it), "
+                                 f"on its full range 0 to 1. {band}"),
         ("Inactive fraction against epoch", plot_curves(curves, "clipfrac_inactive", "share with zero gradient",
                                                         out / "clipfrac_inactive_vs_epoch.png",
-                                                        "Share of sample-steps whose gradient the clip or hinge removed")),
-        ("Rollout/training mismatch against the clip range",
-         plot_mismatch(curves, float((config.get("train") or {}).get("clip_range") or 1e-4), out / "mismatch_vs_epoch.png")),
-        ("Collapse: FID against reward", plot_collapse(points, "fid", out / "collapse_fid.png", "FID (lower is better)")),
-        ("Collapse: KID against reward", plot_collapse(points, "kid", out / "collapse_kid.png", "KID (lower is better)")),
-        ("Collapse: diversity against reward", plot_collapse(points, "diversity", out / "collapse_diversity.png", "diversity (higher is more diverse)")),
-        ("Collapse: class coverage against reward",
-         plot_collapse(points, "coverage", out / "collapse_coverage.png",
-                       "class coverage (1 = all digits)")),
-        ("Collapse: prompted digit recognised against reward",
-         plot_collapse(points, "reward/digit_alignment", out / "collapse_alignment.png",
-                       "digit alignment (p of prompted digit)")),
-        ("Epochs to target", plot_epochs_to_target(ett, out / "epochs_to_target.png")),
-        ("Credit weights: native against PCPO", plot_credit_weights(results, out / "credit_weights.png")),
-        ("Credit audit per timestep", plot_credit_audit(audit, out / "credit_audit.png")),
+                                                        "Share of sample-steps whose gradient the clip or hinge removed"),
+         F.TRAINING, "Clipping", f"Share of sample-steps whose gradient the clip or the hinge removed, on its full "
+                                 f"range 0 to 1. {band}"),
+        ("Rollout/training mismatch against the clip range", plot_mismatch(curves, clip, out / "mismatch_vs_epoch.png"),
+         F.TRAINING, "Clipping", f"Largest |log ρ| between the rollout and the training forward before each epoch's "
+                                 f"first update (max over seeds, log axis), against the clip range ξ = {clip:g}. "
+                                 f"Runs: {train_runs}."),
+    ]
+    collapse = [("fid", "FID (lower is better)", "FID"), ("kid", "KID (lower is better)", "KID"),
+                ("diversity", "diversity (higher is more diverse)", "diversity"),
+                ("diversity_inception", "diversity, Inception features (higher is more diverse)", "diversity_inception"),
+                ("coverage", "class coverage (1 = all digits)", "coverage"),
+                ("reward/digit_alignment", "digit alignment (p of prompted digit)", "alignment")]
+    for metric, label, short in collapse:
+        name = short.lower()
+        plots.append((f"Collapse: {short} against reward",
+                      plot_collapse(points, metric, out / f"collapse_{name}.png", label), F.QUALITY, "Collapse curves",
+                      f"{label} against the evaluated reward along each algorithm's checkpoints (line: mean over "
+                      f"seeds, starting at the base model's star; dots: single seeds). {_eval_desc(points, metric)}."))
+    plots += [
+        ("Epochs to target", plot_epochs_to_target(ett, out / "epochs_to_target.png"), F.TRAINING, "Reward",
+         f"Epochs until the training reward first reaches its target ({tdesc}); bars: mean over seeds, whiskers: "
+         f"95% bootstrap CI; censored runs are labelled. Runs: {train_runs}."),
+        ("Credit weights: native against PCPO", plot_credit_weights(results, out / "credit_weights.png"), F.CREDIT,
+         "Weights", "Per sampling step: the native weight w(t) of the baseline, PCPO's trained weight and the "
+                    "effective weight of objectives that reweight their steps (from each algorithm's first run)."),
+        ("Credit audit per timestep", plot_credit_audit(audit, out / "credit_audit.png"), F.CREDIT, "Audit",
+         f"Per sampling step, averaged over epochs and seeds: the share of the gradient norm at the network output "
+         f"(top) and the clip fraction on its full range (bottom). Runs: {_seeds_desc(audit) if not audit.empty else 'none'}."),
     ]
     grids = []
+    pair_grids = []
     epochs = sorted(int(e) for e in ev.get("epochs", []))
     seen = set()
     for block in config.get("matrix", []):
         for reward in block["rewards"]:
+            algs = [a for b2 in config.get("matrix", []) if b2["model"] == block["model"] and reward in b2["rewards"]
+                    for a in b2["algorithms"]]
+            pairs = default_pairs(algs) + [p for p in sig_settings.pairs if set(p) <= set(algs)]
+            for a, b in dict.fromkeys(pairs):
+                key = ("pair", block["model"], reward, a, b)
+                if key in seen or points.empty:
+                    continue
+                seen.add(key)
+                got = F.pair_grid(results, points, matched, block["model"], reward, a, b,
+                                  out / f"pair_{block['model']}_{reward}_{a}_vs_{b}.png")
+                if got:
+                    path, info = got
+                    pair_grids.append((f"Samples: {a} against {b} on {block['model']} ({reward}) at matched reward", path))
+                    rows = "; ".join(f"{lbl} (evaluated reward {r:.3f})" for lbl, r in zip(info["rows"], info["rewards"]))
+                    per = ("the number under each image is that image's reward" if info["per_image"] else
+                           "per-image rewards were not stored by this evaluation (rerun evaluate), so '–' is shown")
+                    items.add(path, F.SAMPLES, "Pairs at matched reward", f"{a} against {b} · {block['model']} · {reward}",
+                              f"The base model, {a} and {b}, each at the evaluated checkpoint (any seed) whose "
+                              f"{reward} is nearest the {info['how']} reward {info['level']:.3f} of the quality "
+                              f"table: {rows}. Columns: {info['images']} evaluation images, one per prompt, the same "
+                              f"prompt (above) and the same initial noise in every row; {per}.")
             for alg in block["algorithms"]:
                 key = (block["model"], reward, alg)
                 if key in seen:
@@ -496,12 +612,31 @@ def build_report(results: str | Path, config: dict) -> Path:
                                out / f"grid_{block['model']}_{reward}_{alg}.png")
                 if g:
                     grids.append((f"Samples: {alg} on {block['model']} ({reward}, seed {seed})", g))
+                    items.add(g, F.SAMPLES, "Across checkpoints", f"{alg} · {block['model']} · {reward} · seed {seed}",
+                              f"Rows: the base model, then seed {seed}'s evaluated checkpoints (epochs "
+                              f"{', '.join(map(str, epochs))}); columns: the same 10 evaluation images (prompt and "
+                              f"initial noise) in every row.")
+    run_pages = []
+    if not curves.empty:
+        cols = F.run_columns(curves)
+        for (model, reward, alg), g in curves.groupby(GROUP_KEYS):
+            path = F.plot_run_page(curves, model, reward, alg, out / f"run_{model}_{reward}_{alg}.png")
+            if path:
+                run_pages.append((f"Run: {alg} on {model} ({reward})", path))
+                items.add(path, F.RUNS, f"{model} · {reward}", f"{alg} · {model} · {reward}",
+                          f"Every numeric column of the runs' metrics.csv ({len(F.run_columns(g))} of {len(cols)} "
+                          f"hold values) against epoch: each of the {g['seed'].nunique()} seeds "
+                          f"({', '.join(str(s) for s in sorted(g['seed'].unique()))}) a thin grey line, the mean "
+                          f"over seeds thick. Fractions are on their full range 0 to 1; other panels are zoomed.")
+    for title, p, cat, sub, cap in plots:
+        items.add(p, cat, sub, title, cap)
     sections.append("## Plots\n")
-    for title, p in plots + grids:
+    for title, p in [(t, p) for t, p, *_ in plots] + pair_grids + grids + run_pages:
         if p is not None:
             sections.append(f"### {title}\n\n![{title}]({p.name})\n")
     index = out / "index.md"
     atomic_write_text(index, "\n".join(sections))
+    items.write(out)  # last: it registers every PNG/CSV/HTML in the folder for the HTML report
     return index
 
 

@@ -174,6 +174,19 @@ def test_evaluate_names_the_network_of_every_metric(trained, tmp_path):
         assert np.isfinite(m["value"]), name
         assert m["n"] == 6, name  # every metric says how many images it measured
     assert res["metrics"]["diversity_inception"]["network"] == "inception_feature_distance"
+    # every image's reward, by manifest position (the report labels sample grids with them): an independent
+    # recomputation of the mean and of one image's value
+    per = res["metrics"]["reward/jpeg_compressibility"]["per_image"]
+    assert sorted(per["index"]) == list(range(6)) and len(per["value"]) == 6
+    assert np.isclose(np.mean(per["value"]), res["metrics"]["reward/jpeg_compressibility"]["value"])
+    from evaluation.evaluate import load_images, read_manifest
+    from pcpo.rewards import get_reward
+
+    recs = read_manifest(trained["tmp"] / "ev")["images"]
+    k = per["index"][-1]
+    one, _ = get_reward("jpeg_compressibility")(load_images(trained["tmp"] / "ev", [recs[k]]), [recs[k]["prompt"]],
+                                                [recs[k]["metadata"]])
+    assert np.isclose(float(np.asarray(one).reshape(-1)[0]), per["value"][-1], rtol=1e-5)
     assert res["metrics"]["fid"]["reference"].startswith("tiny-heldout") and res["metrics"]["fid"]["reference_n"] > 0
 
 

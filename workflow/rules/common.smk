@@ -1,5 +1,6 @@
 # Shared helpers: the experiment matrix from the config, paths, and --set flags.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -216,3 +217,20 @@ def omp_threads(kind, threads):
 # `pcpo` for one process, torchrun on one node, srun + one torchrun agent per node on several
 # (gloo on CPUs, NCCL on GPUs: the trainer's Accelerator reads torchrun's environment)
 TRAIN_LAUNCHER = PCPO if world_size(config.get("resources")) == 1 else train_launcher(config.get("resources"))
+
+
+def report_item(field, report_dir):
+    """Category, subcategory or labels of one file of the report folder, from the
+    report_items.json that `pcpo report` writes beside it (evaluation/figures.py); read when
+    `snakemake --report` builds the HTML report."""
+    from evaluation.figures import read_items
+
+    def get(wildcards):
+        it = read_items(report_dir).get(f"{wildcards.name}.{wildcards.ext}")
+        if it is None:  # written after the captions (should not happen): visible, not hidden under "Other"
+            it = {"category": "Statistical tests", "subcategory": "Unregistered", "title": wildcards.name}
+        if field == "labels":
+            return {"result": it["title"], "file": f"{wildcards.name}.{wildcards.ext}"}
+        return it[field]
+
+    return get

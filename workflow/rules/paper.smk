@@ -62,13 +62,13 @@ if workflow.modifier.is_main_snakefile() and os.environ.get("PCPO_PAPER_WORLD"):
         (first seed) sampled at each lambda and evaluated (reward, FID, KID, diversity)."""
         input:
             done=f"{_IRG_RUN}/DONE",
-            report=f"{PAPER_ROOT}/{_IRG_SET['experiment']}/report/index.md",
+            report=f"{PAPER_ROOT}/{_IRG_SET['experiment']}/report",
         output:
             f"{PAPER_OUT}/irg/irg.csv",
         log:
             f"{PAPER_OUT}/logs/irg.log",
         params:
-            results=lambda w, input: str(Path(input.report).parents[1]),
+            results=lambda w, input: str(Path(input.report).parent),
             checkpoint=lambda w, input: f"{Path(input.done).parent}/checkpoints/epoch_{_IRG_EPOCH:06d}",
             lambdas=" ".join(f"{float(x):g}" for x in _IRG["lambdas"]),
             n=int(_IRG.get("n_per_prompt", 2)),
@@ -86,7 +86,7 @@ if workflow.modifier.is_main_snakefile() and os.environ.get("PCPO_PAPER_WORLD"):
     rule paper:
         """Every figure and table of workflow/paper_figures.yaml, ours beside the paper's numbers."""
         input:
-            reports=[f"{PAPER_ROOT}/{n}/report/index.md" for n in PAPER_EXPERIMENTS],
+            reports=[f"{PAPER_ROOT}/{n}/report" for n in PAPER_EXPERIMENTS],
             irg=f"{PAPER_OUT}/irg/irg.csv",
             figures=PAPER_FIGURES,
         output:

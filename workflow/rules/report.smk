@@ -33,17 +33,17 @@ rule report:
     input:
         f"{RESULTS}/tables/all_metrics.csv",
     output:
-        index=report(
-            f"{RESULTS}/report/index.md",
-            caption="../report/index.rst",
-            category="Report",
-        ),
-        # the pairwise tests (verdicts and table) as a page of the HTML report;
-        # significance.csv/.md/.tex sit beside it
-        significance=report(
-            f"{RESULTS}/report/significance.html",
-            category="Report",
-            subcategory="Statistical tests",
+        # the whole folder (index.md, tables as CSV/Markdown/LaTeX, plots, sample grids, the tests) is one
+        # output, as `pcpo report` writes a data-dependent set of files into it; every PNG, CSV and HTML
+        # is in the HTML report (`snakemake --report report.html`), with the caption and category that
+        # `pcpo report` wrote for it (captions.rst, report_items.json)
+        report(
+            directory(f"{RESULTS}/report"),
+            patterns=["{name}.{ext,(png|csv|html)}"],
+            caption=os.path.abspath(f"{RESULTS}/report/captions.rst"),
+            category=report_item("category", f"{RESULTS}/report"),
+            subcategory=report_item("subcategory", f"{RESULTS}/report"),
+            labels=report_item("labels", f"{RESULTS}/report"),
         ),
     log:
         f"{RESULTS}/logs/report.log",
@@ -51,7 +51,7 @@ rule report:
         pcpo=PCPO,
         # rerun the report when its settings change (targets, matched rewards, tests)
         settings=lambda w: settings("report", ev={k: v for k, v in EVAL.items() if k in ("targets", "matched_rewards")}),
-        results=lambda w, output: str(Path(output[0]).parents[1]),
+        results=lambda w, output: str(Path(output[0]).parent),
         cfg=CONFIGFILE,
     conda:
         "../envs/pcpo.yaml"
