@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from pcpo.advantages import ADVANTAGES
 from pcpo.noise_schedules import NOISE_SCHEDULES
 from pcpo.objectives import FORMS, KL_FORMS, OBJECTIVES
@@ -36,6 +38,9 @@ from pcpo.rollout_hooks import ROLLOUT_HOOKS
 from pcpo.trained_steps import STEP_SELECTORS
 
 CFG_GRADS = ("both", "cond_only")
+#: how the trainer cuts an epoch's samples into micro-batches: shuffled samples, or shuffled
+#: whole groups (a loss over the images of one prompt, DGPO's, needs the group in one batch)
+MICRO_BATCHES = ("samples", "groups")
 PROMPT_DRAWS = ("per_group", "per_sample")
 EMA_UNITS = ("batch", "step", "epoch")
 FAMILIES = ("ddim", "flow")
@@ -94,6 +99,9 @@ class Framework:
     #: gradient through classifier-free guidance in the training forward: both branches,
     #: or the conditional one only (the unconditional prediction detached, as Flow-GRPO)
     cfg_grad: str = "both"
+    #: micro-batches of shuffled samples, or of shuffled whole groups (``train_batch_size`` a
+    #: multiple of ``group_size``); see :func:`micro_batch_rows`
+    micro_batches: str = "samples"
     #: how a sample's prompt is drawn: one prompt per group of group_size images
     #: (GRPO), or an i.i.d. prompt for every sample (DDPO)
     prompt_draw: str = "per_group"
@@ -150,6 +158,7 @@ class Framework:
             raise ValueError(f"framework {self.name!r}: timestep_fraction must be in (0, 1]")
         for fname, val, allowed in (("cfg_grad", self.cfg_grad, CFG_GRADS), ("prompt_draw", self.prompt_draw, PROMPT_DRAWS),
                                     ("kl_form", self.kl_form, KL_FORMS),
+                                    ("micro_batches", self.micro_batches, MICRO_BATCHES),
                                     ("ema_unit", self.ema_unit, EMA_UNITS)):
             if val not in allowed:
                 raise ValueError(f"framework {self.name!r}: {fname} must be one of {allowed}, got {val!r}")
@@ -184,6 +193,30 @@ class Framework:
         d.pop("references", None)
         d.pop("config_references", None)
         return d
+
+
+def micro_batch_rows(mode: str, group_ids: torch.Tensor, batch_size: int,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """One inner epoch's micro-batches (row indices) of a process's samples.
+
+    ``samples``: a random permutation of the rows cut into ``batch_size`` pieces (every
+    framework's default).  ``groups``: a random permutation of the groups (``group_ids``), each
+    group's rows kept together, cut into pieces of ``batch_size`` rows; every group is then
+    whole in one micro-batch, which needs ``batch_size`` to be a multiple of the group size."""
+    B = int(group_ids.numel())
+    if mode == "samples":
+        perm = torch.randperm(B, generator=generator)
+    elif mode == "groups":
+        gids, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+        if bool((batch_size % counts).any()):
+            raise ValueError(f"train.train_batch_size: {batch_size} is not a multiple of the group size "
+                             f"({sorted(set(counts.tolist()))}); this algorithm's loss needs whole groups in each "
+                             "micro-batch")
+        order = torch.randperm(int(gids.numel()), generator=generator)
+        perm = torch.cat([torch.nonzero(inverse == g).reshape(-1) for g in order.tolist()])
+    else:
+        raise ValueError(f"micro_batches must be one of {MICRO_BATCHES}, got {mode!r}")
+    return [perm[i:i + batch_size] for i in range(0, B, batch_size)]
 
 
 FRAMEWORKS: Registry[Framework] = Registry("algorithm")

@@ -89,12 +89,24 @@ class StepContext:
     #: the state the step starts from, and the trajectory's final (clean) sample
     sample: torch.Tensor | None = None
     final_sample: torch.Tensor | None = None
+    #: each row's group (its prompt's group id), for losses over groups of one prompt (DGPO); with
+    #: ``Framework.micro_batches: groups`` every group in a micro-batch is whole
+    group_ids: torch.Tensor | None = None
+    #: the reference model's prediction at ``sample`` (lazy: one forward, made on the first call and
+    #: shared with the trainer's KL term), for losses against the reference (DPO-style ones)
+    ref_pred_fn: Callable[[], torch.Tensor] | None = None
 
     def old_mean(self) -> torch.Tensor:
         """The rollout policy's mean of this step (from its stored prediction; no network call)."""
         if self.old_mean_fn is None:
             raise ValueError("this objective needs the old step mean, which the caller did not provide")
         return self.old_mean_fn()
+
+    def ref_pred(self) -> torch.Tensor:
+        """The reference model's prediction at this step's state (no gradient)."""
+        if self.ref_pred_fn is None:
+            raise ValueError("this objective needs the reference model's prediction, which the caller did not provide")
+        return self.ref_pred_fn()
 
 
 @dataclass(frozen=True)

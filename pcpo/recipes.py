@@ -74,7 +74,7 @@ def _status(ours: Any, ref: Ref | None, pcpo_changed: bool) -> str:
 
 #: extension points whose default means "no such mechanism" (a plain SDE everywhere, no hook)
 MECHANISM_FIELDS = {"objective_options": {}, "noise_schedule": "constant", "noise_schedule_options": {},
-                    "rollout_hook": None, "rollout_hook_options": {}}
+                    "rollout_hook": None, "rollout_hook_options": {}, "micro_batches": "samples"}
 
 
 def framework_rows(fw: Framework, family: str, base: Framework | None = None) -> list[Row]:

@@ -28,7 +28,7 @@ import torch
 from pcpo import checkpoint as ck
 from pcpo import sharding, tracking
 from pcpo.advantages import ADVANTAGES, clip_advantages
-from pcpo.algorithms import Framework, get_algorithm
+from pcpo.algorithms import Framework, get_algorithm, micro_batch_rows
 from pcpo.config import (ConfigError, TrainingConfig, WandbConfig, batch_arithmetic, config_to_dict,
                          recomputes_old_logprobs)
 from pcpo.credit import install_policy_mix, plan_for_run, plan_summary
@@ -865,6 +865,18 @@ class Trainer:
         finally:
             self._phase = phase
 
+    def _ref_prediction_fn(self, x, tt, cond, uncond):
+        """The reference prediction at (x, tt), made on the first call (no gradient) and then reused,
+        so an objective that reads it (StepContext.ref_pred) and the KL term share one forward."""
+        cache = []
+
+        def fn():
+            if not cache:
+                with torch.no_grad():
+                    cache.append(self._ref_prediction(x, tt, cond, uncond))
+            return cache[0]
+        return fn
+
     def _old_mean_fn(self, traj: Trajectory, rows, idx, x, x_next):
         """The rollout policy's step mean at (x, x_next), from its stored prediction (lazy)."""
         def fn():
@@ -991,11 +1003,11 @@ class Trainer:
         opt_steps = 0
         layouts = []  # (micro-batches, per-row steps) of every inner epoch, drawn before any update
         for _ in range(cfg.inner_epochs):
-            perm = torch.randperm(B, generator=self.gen_train)
+            micro = micro_batch_rows(self.fw.micro_batches, traj.group_ids, cfg.train_batch_size, self.gen_train)
             # a likelihood-free objective trains deterministic steps too (they need no log-probability)
             tsel = select_steps(self.st.step_selection, T, self.st.timestep_fraction, B, self.gen_train,
                                 stochastic=self.stochastic if self.likelihood else None)
-            layouts.append(([perm[i:i + cfg.train_batch_size] for i in range(0, B, cfg.train_batch_size)], tsel))
+            layouts.append((micro, tsel))
         # the steps trained this epoch, for objectives that normalise per-step weights over them
         pool = torch.unique(torch.cat([ts.reshape(-1) for _, ts in layouts]))
         t_re = time.perf_counter()
@@ -1036,16 +1048,18 @@ class Trainer:
                                 raise TrainingError(
                                     f"epoch {epoch}: |log ratio| = {m:.3e} at the first inner step (tolerance "
                                     f"{cfg.logratio_tolerance:g}): {src}")
+                        ref_fn = self._ref_prediction_fn(x.to(mdtype), tt, cond, uncond)
                         ctx = StepContext(lr_, adv, self.st.clip_range, idx=idx, out=out, grid=self.epoch_grid,
                                           options=self.fw.objective_options, trained_pool=pool,
                                           old_mean_fn=self._old_mean_fn(traj, rows, idx, x, x_next),
                                           pred=pred, old_pred=traj.preds[rows, idx].to(dev), sample=x,
-                                          final_sample=traj.states[rows, -1].to(dev))
+                                          final_sample=traj.states[rows, -1].to(dev),
+                                          group_ids=traj.group_ids[rows], ref_pred_fn=ref_fn)
                         per, inactive = self.objective.loss(lr_, adv, ctx)
                         loss = per.mean()
                         if self.st.kl_beta > 0:
                             with torch.no_grad():
-                                ref_pred = self._ref_prediction(x.to(mdtype), tt, cond, uncond)
+                                ref_pred = ref_fn()
                                 ref_mean = self.epoch_grid.step(idx, ref_pred, x, prev_sample=x_next).mean
                             kl = step_kl(out.mean, ref_mean, out.std, self.epoch_grid.sde_sigma[idx].to(dev),
                                          self.st.kl_form, self.cfg.sampling.reduction,
