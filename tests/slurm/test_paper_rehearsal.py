@@ -6,10 +6,12 @@ test catalogue), training of every run of the matrix with two processes, samplin
 every metric the config names, and the report. The tiny same-class models are served under the
 config's real hub ids; the metrics' networks are same-architecture stand-ins.
 
-Time split (CI runs `pytest -m slurm tests/slurm` after the main suite): SLURM_CONFIGS go through
-profiles/slurm + tests/rehearsal/profile on the local one-node Slurm (tests/slurm/cluster.py), with
-the requests checked against the config (the train job asks --gpus=2 and gets it); the others go
-through the same Snakefile, config layers and commands with the local executor (`--cores 2`).
+Every paper config goes through profiles/slurm + tests/rehearsal/profile on the local one-node Slurm
+(tests/slurm/cluster.py), with each train job's requests checked against the config (it asks --gpus=2
+and gets it). Time: CI runs `pytest -m slurm tests/slurm` after the main suite; the rehearsal layer
+keeps each config to one epoch of two groups, a fifth of the sampler steps trained, and 2-step
+evaluation sampling, so the eight fit in CI's budget (measured times: README, "Rehearsing a paper config").
+`python tests/rehearsal/run.py config/paper/X.yaml` runs one by hand with the local executor.
 """
 from __future__ import annotations
 
@@ -28,13 +30,7 @@ from tests.rehearsal import run as rehearsal  # noqa: E402
 from tests.rehearsal.world import build_world, serve_world  # noqa: E402
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
-# one SD3 config through Slurm (the largest code path: three text encoders, LoRA, PickScore). One per
-# model family (FLUX, SD1.x too) would be the aim, but on the shared 2-core machine the rehearsal of an
-# SD1.x config with two matrix runs (pcpo_sd15_hpsv21) took 702 s under load 6-9 (not measured idle),
-# so the eight likely fill the CI budget already; the others use the same Snakefile and config layers
-# with the local executor (--cores 2).
-SLURM_CONFIGS = ["flowgrpo_sd35m_pickscore"]
-LOCAL_CONFIGS = [p.stem for p in PAPER if p.stem not in SLURM_CONFIGS]
+SLURM_CONFIGS = [p.stem for p in PAPER]
 # configs whose rehearsal is known to fail, with the exact reason (strict: a pass must remove the entry)
 KNOWN_FAILURES: dict[str, str] = {}
 TIMEOUT = 1800
@@ -54,7 +50,7 @@ def world(tmp_path_factory):
 
 
 def test_every_paper_config_is_rehearsed():
-    assert PAPER and set(SLURM_CONFIGS + LOCAL_CONFIGS) == {p.stem for p in PAPER}
+    assert PAPER and set(SLURM_CONFIGS) == {p.stem for p in PAPER}
 
 
 def _rehearse(world, name, slurm):
@@ -112,10 +108,3 @@ def slurm_cluster_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin"
     return env
-
-
-@pytest.mark.slurm
-@pytest.mark.long  # 4-21 min each on the shared 2-core VM (measured under load); all seven exceed CI's budget
-@pytest.mark.parametrize("name", _params(LOCAL_CONFIGS))
-def test_paper_config_rehearsal_local(world, name):
-    _rehearse(world, name, slurm=False)
