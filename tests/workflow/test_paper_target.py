@@ -144,3 +144,38 @@ def test_tiny_rehearsal_renders_every_figure_with_the_papers_numbers(tmp_path):
         assert level == best.min() and set(runs["algorithm"]) == {s["baseline"], s["pcpo"]}
     irg = pd.read_csv(out / "irg.csv")
     assert irg["lambda"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0] and irg["fid"].notna().all()
+
+
+@pytest.mark.parametrize("rises", [True, False])
+def test_ours_at_matched_reward_is_the_pairs_highest_common_level(tmp_path, rises):
+    """Synthetic evaluated checkpoints: the level is the lowest of the pair's best rewards (other
+    algorithms of the experiment ignored), each metric is interpolated there along a run's path by hand
+    (base model first where it lies below the level) and averaged over seeds."""
+    from evaluation.paper import matched_table
+
+    base_r = 0.10 if rises else 0.50
+    rows = [dict(model="m", reward="r", algorithm="base", seed=-1, epoch=-1, eval_reward=base_r, fid=100.0)]
+    runs = {("b", 0): [(0, 0.20, 90.0), (1, 0.40, 80.0)], ("b", 1): [(0, 0.30, 70.0), (1, 0.45, 60.0)],
+            ("p", 0): [(0, 0.25, 50.0), (1, 0.35, 40.0)], ("other", 0): [(0, 0.11, 1.0)]}
+    for (alg, seed), pts in runs.items():
+        rows += [dict(model="m", reward="r", algorithm=alg, seed=seed, epoch=e, eval_reward=r, fid=f) for e, r, f in pts]
+    d = tmp_path / "exp" / "tables"
+    d.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(d / "all_metrics.csv", index=False)
+    spec = {"world": "full", "labels": {}, "settings": {"s": {"experiment": "exp", "model": "m", "reward": "r",
+                                                              "baseline": "b", "pcpo": "p"}}}
+    fig = {"settings": ["s"], "metrics": {"fid": "FID"}, "paper": {"s": {"fid": [2.0, 1.0]}}}
+    row = matched_table(spec, fig, tmp_path).iloc[0]
+    level = 0.35  # min of the best rewards 0.40, 0.45, 0.35 ("other" never reaches 0.35 and does not count)
+    assert row["matched reward (ours)"] == "0.35"
+
+    def at(path):  # first crossing of `level`, linear between the two points around it
+        for i, (r, f) in enumerate(path):
+            if r >= level:
+                return f if i == 0 else path[i - 1][1] + (level - path[i - 1][0]) / (r - path[i - 1][0]) * (f - path[i - 1][1])
+
+    start = [(base_r, 100.0)] if rises else []
+    b = (at(start + [(0.20, 90.0), (0.40, 80.0)]) + at(start + [(0.30, 70.0), (0.45, 60.0)])) / 2
+    q = at(start + [(0.25, 50.0), (0.35, 40.0)])
+    assert row["FID ours"] == f"{b:.4g} → {q:.4g}" and row["FID paper"] == "2 → 1"
+    assert (row["note"] == "") == rises
