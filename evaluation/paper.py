@@ -9,8 +9,9 @@ stand for those settings (``results/<experiment>/report`` and ``tables``, writte
         --results results --irg results/paper/tiny/irg/irg.csv --out results/paper/tiny
 
 The Snakemake target ``paper`` (workflow/rules/paper.smk) runs the experiments and then this.
-Tables and plots reuse :mod:`evaluation.report`; the matched-reward values are the report's own
-(:func:`evaluation.collapse.matched_reward_table`).
+Tables and plots reuse :mod:`evaluation.report`; the matched-reward values are interpolated as the
+report's (:func:`evaluation.collapse.matched_reward_table`), at the highest reward both runs of a
+setting's pair reach (:func:`matched_level`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from evaluation.collapse import RUN_KEYS, matched_reward_table
 from evaluation.report import _plt, _read, _save, credit_table, plot_curves, to_markdown, write_table
 from pcpo.utils import atomic_write_text
 
@@ -79,8 +81,9 @@ def paper_world(figures: str | Path, environ=None) -> str:
 
 def experiment_configs(figures: str | Path, world: str, root: str | Path, results: str) -> dict[str, dict]:
     """Each experiment of ``world`` as the config its Snakemake module gets: the experiment's file
-    (relative to ``root``), renamed to its key, its results under ``results`` (the invocation's
-    results root), keeping only the matrix blocks of ``models:`` where given."""
+    (relative to ``root``) with the entry's ``layer:`` merged over it, renamed to its key, its results
+    under ``results`` (the invocation's results root), keeping only the matrix blocks of ``models:``
+    where given."""
     raw = yaml.safe_load(Path(figures).read_text())
     out = {}
     for name, entry in ((raw.get("worlds") or {}).get(world, {}).get("experiments") or {}).items():
@@ -88,6 +91,11 @@ def experiment_configs(figures: str | Path, world: str, root: str | Path, result
         if not path.is_file():
             raise PaperError(f"{figures}: worlds.{world}.experiments.{name}: no config file {entry['config']}")
         cfg = yaml.safe_load(path.read_text())
+        if entry.get("layer"):
+            # the world's own values over the config's (dicts merged key by key, a list replaced whole)
+            from pcpo.config import deep_merge
+
+            cfg = deep_merge(cfg, entry["layer"])
         cfg["experiment"] = name
         cfg["results"] = results
         if entry.get("models"):
@@ -175,37 +183,56 @@ def _tiny_metric(fig: dict, world: str, metric: str) -> str:
     return (fig.get("tiny_metrics") or {}).get(metric, metric) if world == "tiny" else metric
 
 
+def matched_level(points: pd.DataFrame, s: dict) -> tuple[float, float]:
+    """``(level, base reward)`` of a setting's pair: the highest evaluated reward that every run of
+    the baseline and of PCPO reaches at one of its checkpoints (the lowest of the runs' best
+    rewards), the level the sample grids use too (:func:`_matched_checkpoint`).  The report's own
+    levels (:func:`evaluation.collapse.auto_levels`) span every algorithm of the experiment and lie
+    strictly between the base model's reward and the lowest final one, so a pair whose runs end
+    below the base model (a small budget) has none there."""
+    p = points[(points["model"] == s["model"]) & (points["reward"] == s["reward"])]
+    base = p[p["epoch"] < 0]["eval_reward"]
+    base_r = float(base.mean()) if len(base) else math.nan
+    runs = _pair(p[p["epoch"] >= 0], s)
+    missing = [s[r] for r in ("baseline", "pcpo") if s[r] not in set(runs["algorithm"])]
+    if missing:
+        raise PaperError(f"no evaluated checkpoint of {', '.join(missing)} on {s['model']} · {s['reward']}")
+    return float(runs.groupby(RUN_KEYS)["eval_reward"].max().min()), base_r
+
+
 def matched_table(spec: dict, fig: dict, results: Path) -> pd.DataFrame:
-    """Per setting and metric: baseline -> PCPO at the highest matched reward both reach, beside the paper's."""
+    """Per setting and metric: baseline -> PCPO at the highest reward both reach (:func:`matched_level`),
+    each metric interpolated along the checkpoints of every run at that level (first crossing) and
+    averaged over seeds (:func:`evaluation.collapse.matched_reward_table`), beside the paper's."""
     rows = []
     for name in fig["settings"]:
         s = spec["settings"][name]
-        path = _exp_dir(results, s) / "report" / "matched_reward.csv"
-        if not path.is_file():
-            _need(pd.DataFrame(), path, "quality at matched reward")
-        # empty where the runs' evaluated rewards share no level (the report writes no row then)
-        mt = _read(path)
-        mt = _pair(mt, s) if not mt.empty else mt
+        path = _exp_dir(results, s) / "tables" / "all_metrics.csv"
+        points = _need(_read(path), path, "evaluated checkpoints")
+        level, base_r = matched_level(points, s)
+        cols = {metric: _tiny_metric(fig, spec["world"], metric) for metric in fig["metrics"]}
+        have = [c for c in cols.values() if c in points and not points[c].isna().all()]
+        sel = points[(points["model"] == s["model"]) & (points["reward"] == s["reward"])]
+        # the base model starts every run's path (as in the report) where it lies below the level; at or
+        # above it, its first crossing would be the base itself: then the checkpoints alone are compared
+        above = level > base_r
+        sel = pd.concat([sel[sel["epoch"] < 0]] * above + [_pair(sel[sel["epoch"] >= 0], s)], ignore_index=True)
+        mt = matched_reward_table(sel, "eval_reward", have, [level]) if have else pd.DataFrame()
         paper = (fig.get("paper") or {}).get(name, {})
         row = {"setting": spec["labels"].get(name, name), "ours: model · reward": f"{s['model']} · {s['reward']}"}
-        level = math.nan
         for metric, header in fig["metrics"].items():
-            col = _tiny_metric(fig, spec["world"], metric)
+            col = cols[metric]
             p = paper.get(metric)
             row[f"{header} paper"] = f"{_num(float(p[0]), 4)} → {_num(float(p[1]), 4)}" if p else "–"
-            cell = "– (not measured)" if not mt.empty else "– (no reward level both runs reach)"
-            if col in mt:
-                both = mt.pivot_table(index="matched_reward", columns="algorithm", values=col).dropna()
-                both = both[[a for a in (s["baseline"], s["pcpo"]) if a in both]]
-                if both.shape[1] == 2 and len(both):
-                    lv = float(both.index.max())
-                    level = lv if not math.isfinite(level) else level
-                    b, q = both.loc[lv, s["baseline"]], both.loc[lv, s["pcpo"]]
-                    cell = f"{_num(float(b), 4)} → {_num(float(q), 4)}"
-                    if col != metric:
-                        cell += f" ({col})"
+            cell = "– (not measured)"
+            if col in have:
+                v = {r["algorithm"]: r[col] for _, r in mt.iterrows()}
+                b, q = v.get(s["baseline"], math.nan), v.get(s["pcpo"], math.nan)
+                cell = f"{_num(float(b), 4)} → {_num(float(q), 4)}" + (f" ({col})" if col != metric else "")
             row[f"{header} ours"] = cell
         row["matched reward (ours)"] = _num(level, 4)
+        row["note"] = ("" if above else f"a run ends at or below the base model's reward ({_num(base_r, 4)}): "
+                       "its checkpoints compared at the highest reward both reach")
         rows.append(row)
     return pd.DataFrame(rows)
 

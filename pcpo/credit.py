@@ -206,10 +206,13 @@ def plan_credit(
     trained: torch.Tensor | None = None,
     authors_zeta: float | None = None,
     variant: str = "uw-sigma",
+    w_bar: float | None = None,
 ) -> CreditPlan:
     """The credit plan of one sampler.  ``trained``: the trainable steps (for ``zeta:
     grid_trained``); ``variant``: ``uw-sigma`` or ``uw-lambda`` (``logrho`` is native credit:
-    pass ``proportional=False``)."""
+    pass ``proportional=False``); ``w_bar``: the DDIM target weight (default: this grid's own
+    native mean; the authors' ``const_weight`` is one constant, the training grid's mean, also
+    on their evaluation grid)."""
     native_grid = make_grid(spec, sampler, steps, eta=eta, noise_level=noise_level, shift=shift)
     native = native_weights(native_grid)
     pool = trained
@@ -220,7 +223,7 @@ def plan_credit(
     zeta_v, zsrc = None, ""
     if sampler == "ddim":
         # every step gets the native mean w_bar (same total credit, equal shares)
-        target = torch.full_like(native, float(native.mean()))
+        target = torch.full_like(native, float(native.mean()) if w_bar is None else float(w_bar))
     else:
         zeta_v, zsrc = resolve_zeta(zeta, native, pool, authors_zeta)
         # zeta * ds_i of the sampling grid (sum ds = s_0 = 1), on whichever steps are trained:
@@ -306,14 +309,55 @@ def plan_summary(plan: CreditPlan) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def mix_lambda(plan: CreditPlan, t: torch.Tensor) -> torch.Tensor:
+    """uw-lambda: the (N,) float64 lambda_t of ``plan`` at the model times ``t`` (one per row),
+    looked up by the nearest time of the plan's sampling grid."""
+    times = plan.sample_grid.timesteps.to(torch.float64)
+    i = (t.detach().to("cpu", torch.float64).reshape(-1, 1) - times.reshape(1, -1)).abs().argmin(dim=1)
+    return plan.mix.to(torch.float64)[i]
+
+
+def mix_predictions(pred: torch.Tensor, ref: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``ref + lambda (pred - ref)`` per row (jaylee2000/rsm@e8be3df sd15_zeroth_order/diffusion/
+    ddim_step.py:171 `model_output_mine = model_output_ref + lambda_t * (model_output - model_output_ref)`),
+    in ``pred``'s dtype; ``lam``: (N,)."""
+    ref = ref.to(pred.dtype)
+    lt = lam.to(device=pred.device, dtype=torch.float32 if pred.dtype != torch.float64 else torch.float64)
+    return (ref + lt.reshape(-1, *([1] * (pred.dim() - 1))) * (pred - ref)).to(pred.dtype)
+
+
+def policy_mix(predict, reference, plan: CreditPlan, bypass=None):
+    """uw-lambda's policy: a ``predict_guided``-like function returning
+    ``reference + lambda_t (predict - reference)`` with lambda_t of ``plan`` (:func:`mix_lambda`).
+
+    ``predict(x, t, cond, uncond, scale, ...)``: the fine-tuned prediction (with gradient);
+    ``reference(x, t, cond, uncond, scale)``: the base model's (run without gradient);
+    ``bypass()``: when true, ``predict`` is returned unmixed (the trainer's reference pass, which
+    itself goes through the wrapped function).  ``pcpo train`` (:func:`install_policy_mix`) and
+    ``pcpo sample`` of a uw-lambda checkpoint (plan on the evaluation grid,
+    :func:`evaluation_mix_plan`) both call this."""
+    if plan.mix is None:
+        raise ValueError("policy_mix: the plan has no lambda_t (not a uw-lambda plan)")
+
+    def mixed(x, t, cond, uncond=None, scale=1.0, *a, **kw):
+        out = predict(x, t, cond, uncond, scale, *a, **kw)
+        if bypass is not None and bypass():
+            return out
+        with torch.no_grad():
+            ref = reference(x, t, cond, uncond, scale)
+        return mix_predictions(out, ref, mix_lambda(plan, t))
+
+    return mixed
+
+
 def install_policy_mix(trainer) -> None:
     """uw-lambda: make the trainer's policy ``pred_ref + lambda_t (pred_theta - pred_ref)``.
 
-    Wraps ``trainer.model.predict_guided`` so that the rollout and the training forward both
-    see the interpolated prediction (the rollout stores it, the training recomputes it), with
-    the reference prediction from the trainer's KL-reference path (``_ref_prediction``:
-    adapters disabled, or the frozen copy).  Inside that path (phase ``reference``) the
-    wrapper passes through.  lambda_t is looked up by the model time of each row."""
+    Wraps ``trainer.model.predict_guided`` (:func:`policy_mix`) so that the rollout and the
+    training forward both see the interpolated prediction (the rollout stores it, the training
+    recomputes it), with the reference prediction from the trainer's KL-reference path
+    (``_ref_prediction``: adapters disabled, or the frozen copy).  Inside that path (phase
+    ``reference``) the wrapper passes through."""
     plan = trainer.plan
     if plan.mix is None:
         return
@@ -321,21 +365,41 @@ def install_policy_mix(trainer) -> None:
         import copy
 
         trainer.ref_model = copy.deepcopy(trainer.acc.unwrap_model(trainer.model.denoiser)).requires_grad_(False)
-    inner = trainer.model.predict_guided
-    times = plan.sample_grid.timesteps.to(torch.float64)
-    lam = plan.mix.to(torch.float64)
+    trainer.model.predict_guided = policy_mix(
+        trainer.model.predict_guided, lambda x, t, cond, uncond, scale: trainer._ref_prediction(x, t, cond, uncond),
+        plan, bypass=lambda: trainer._phase == "reference")
 
-    def mixed(x, t, cond, uncond=None, scale=1.0, *a, **kw):
-        if trainer._phase == "reference":
-            return inner(x, t, cond, uncond, scale, *a, **kw)
-        out = inner(x, t, cond, uncond, scale, *a, **kw)
-        with torch.no_grad():
-            ref = trainer._ref_prediction(x, t, cond, uncond)
-        i = (t.detach().to("cpu", torch.float64).reshape(-1, 1) - times.reshape(1, -1)).abs().argmin(dim=1)
-        lt = lam[i].to(device=out.device, dtype=torch.float32).reshape(-1, *([1] * (out.dim() - 1)))
-        return (ref.to(out.dtype) + lt * (out - ref.to(out.dtype))).to(out.dtype)
 
-    trainer.model.predict_guided = mixed
+def evaluation_mix_plan(cfg, algorithm: str, spec: ScheduleSpec, sampler: str, steps: int, eta: float,
+                        noise_level: float) -> CreditPlan | None:
+    """The uw-lambda plan of a run (``cfg``, ``algorithm``) on an evaluation grid, or None when
+    the run does not interpolate its policy.
+
+    The authors evaluate a uw-lambda run with the interpolated policy on their evaluation grid
+    (jaylee2000/rsm@e8be3df sd15_zeroth_order/train_grpo.py:192, 226-244 `pipeline_with_logprob(...,
+    unet_ref=unet_ref, const_weight=args.const_weight, algorithm=args.algorithm,
+    eta=args.sample_eta, num_inference_steps=eval_num_steps, eval=True)`; the reference pass
+    reverse_pipeline.py:150-167; ddim_step.py:163-171 `lambda_t = const_weight * std_dev_t /
+    (c1_t - c2_t)` with that grid's std): lambda_t = w_bar sigma_t / C_t (DDIM) or zeta ds / w(s)
+    (flow) on ``(sampler, steps, eta, noise_level)``, with the run's constant (its training
+    plan's ``w_bar``, or its ``zeta``).  A deterministic grid (eta 0) makes lambda_t 0, the base
+    model: that is refused, not sampled."""
+    from pcpo.trainer import RunSettings, resolve_framework
+
+    fw = resolve_framework(cfg, algorithm, spec.family)
+    st = RunSettings.build(cfg, fw, spec.family, 1.0)
+    fw, train = plan_for_run(cfg, fw, st, spec, cfg.model.kind)
+    if train.mix is None:
+        return None
+    grid = make_grid(spec, sampler, steps, eta=eta, noise_level=noise_level)
+    if not bool((grid.std > 0).any()):
+        raise ConfigError(f"sampling a uw-lambda run ({algorithm}) deterministically: its policy "
+                          f"w_bar sigma_t / C_t (pred - ref) + ref is the base model at sigma 0 (ddim_step.py:159-167); "
+                          "sample it with eta > 0 / noise_level > 0 (--eta, --noise-level), as the authors evaluate at "
+                          "their sampling eta")
+    return plan_credit(spec, sampler, steps, eta=eta, noise_level=noise_level, proportional=True,
+                       zeta=train.zeta if train.zeta is not None else "grid_all", variant="uw-lambda",
+                       w_bar=float(train.native.mean()) if sampler == "ddim" else None)
 
 
 #: documented scheduler configs of the hub models the paper configs use (``scheduler/scheduler_config.json``

@@ -304,6 +304,17 @@ def _pcpo_values() -> dict:
     ok = torch_allclose(lam.mix * lam.native, lam.native.mean().expand(50)) and lam.sample_grid is lam.native_grid
     v["uw-lambda"] = "native sigma; lambda_t = w_bar sigma_t / C_t" if ok else "other"
     v["uw-lambda.w_bar"] = float(lam.native.mean())
+    # `pcpo sample` of a uw-lambda run: the lineage's SD1.5 config, evaluated on a 20-step eta-0.5 grid
+    from pcpo.credit import config_schedule, evaluation_mix_plan
+
+    lcfg = load_config(ROOT / "config/paper/pcpo_sd15_hpsv21.yaml", {"pcpo": {"variant": "uw-lambda"}})
+    lspec, _ = config_schedule(lcfg)
+    _, lplan, _ = run_credit_plan(lcfg, "pcpo-dancegrpo")
+    ev = evaluation_mix_plan(lcfg, "pcpo-dancegrpo", lspec, "ddim", 20, 0.5, 0.0)
+    ok = ev is not None and ev.sample_grid.num_steps == 20 and \
+        torch_allclose(ev.mix * ev.native, lplan.native.mean().expand(20))
+    v["uw-lambda.eval"] = ("interpolated policy; lambda_t = w_bar (training grid) sigma_t / C_t on the evaluation "
+                           "grid" if ok else "other")
     lr = apply_variant(fw, "logrho")
     v["logrho"] = f"{lr.objective}, {lr.objective_form} form, {'proportional' if lr.proportional else 'native'} credit"
     vw = get_algorithm("pcpo-base-dancegrpo")
@@ -389,6 +400,16 @@ PCPO_REFERENCES = {
                      "(w(t) lambda_t = w_bar; " + _YAML + ":30 `weight_scale_factor: 1.0` for uw-lambda)"),
     "uw-lambda.w_bar": Ref(0.5168997049331665, _YAML + ":26: `const_weight: ... 0.5168997049331665 (uw-lambda)`",
                            note="ours from the grid in float64 (0.5169002), as the ddim.w_bar row", deliberate=True),
+    "uw-lambda.eval": Ref("interpolated policy; lambda_t = w_bar (training grid) sigma_t / C_t on the evaluation grid",
+                          _GRPO + ":192, 226-244: the evaluation calls `pipeline_with_logprob(..., "
+                          "num_inference_steps=eval_num_steps, eta=args.sample_eta, unet_ref=unet_ref, "
+                          "const_weight=args.const_weight, algorithm=args.algorithm, eval=True)`; reverse_pipeline.py:150 "
+                          "`if unet_ref is not None and ('lambda' in algorithm or eval)` (the reference pass); "
+                          + _DDIM + ":159-171 (std and lambda_t of that grid)",
+                          note="`pcpo sample --checkpoint` of a uw-lambda run (pcpo.credit.evaluation_mix_plan, "
+                          "policy_mix, shared with the trainer); the reference is the base model (LoRA adapters "
+                          "disabled, or the base weights); a deterministic sample (lambda_t = 0: the base model) is "
+                          "refused; the manifest records lambda_t under `policy`"),
     "logrho": Ref("ppo_clip_logrho, ratio form, native credit", _GRPO + ":1069-1078: `unclipped_loss = -advantages "
                   "* (1 + log_rho)`, `clipped_loss = -advantages * torch.clamp(1 + log_rho, 1 - xi, 1 + xi)`; "
                   "log_rho from ddim_step() with native sigma (" + _DDIM + ":151-159)",
@@ -413,6 +434,7 @@ PCPO_SETTINGS = {
     "flow.weight": "flow: trained weight", "flow.ratio": "flow: ratio form",
     "flow.zeta_flux": "flow: zeta, DanceGRPO on FLUX", "flow.zeta_default": "flow: pcpo.zeta default",
     "uw-lambda": "ablation uw-lambda", "uw-lambda.w_bar": "ablation uw-lambda: w_bar",
+    "uw-lambda.eval": "ablation uw-lambda: evaluation sampling",
     "logrho": "ablation logrho", "vw": "ablation vw (pcpo-base-X)",
     "advantage_options": "advantages (pcpo-dancegrpo)",
 }

@@ -164,6 +164,10 @@ def _sample(args) -> int:
     noise = 0.0 if args.deterministic else (args.noise_level if args.noise_level is not None else meta.get("noise_level", 0.7))
     gscale = args.guidance_scale if args.guidance_scale is not None else meta.get("guidance_scale",
                                                                                    cfg.sampling.guidance_scale if cfg else None)
+    policy = None
+    if args.checkpoint and not irg_specs:
+        predict_fn, policy = checkpoint_policy(args.checkpoint, meta, adapter, sampler, steps, eta, noise, device,
+                                               model_path=args.model_path)
     out = Path(args.out)
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():
@@ -180,6 +184,7 @@ def _sample(args) -> int:
         "model": {"kind": kind, "path": path}, "sampler": sampler, "steps": steps, "eta": eta,
         "noise_level": noise, "deterministic": bool(args.deterministic), "guidance_scale": gscale,
         "seed": args.seed, "n_per_prompt": args.n_per_prompt, "irg": irg_specs or None, "ema": bool(use_ema),
+        "policy": policy or {"variant": "plain", "description": "the model's own prediction"},
         "noise": "per image: sample_cli.image_noise(seed, index)", "prompt_sets": set_info,
         "images": records,
     }
@@ -189,6 +194,83 @@ def _sample(args) -> int:
     tmp.rename(out)
     log.info("wrote %d images to %s", len(records), out)
     return 0
+
+
+def run_config(meta: dict):
+    """A checkpoint's training config, rebuilt from its ``identity`` record (the flattened config a
+    resume checks; paths are not in it, the model's is the checkpoint's ``model.path``).  None for a
+    checkpoint written before that record existed."""
+    from pcpo.config import TrainingConfig, from_dict
+
+    flat = (meta.get("identity") or {}).get("config")
+    if not flat:
+        return None
+    data: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        d = data
+        for k in parents:
+            d = d.setdefault(k, {})
+        d[leaf] = value
+    data.setdefault("model", {})["path"] = meta["model"]["path"]
+    return from_dict(TrainingConfig, data, where="")
+
+
+def checkpoint_policy(ckpt, meta: dict, adapter, sampler: str, steps: int, eta: float, noise_level: float, device,
+                      model_path: str | None = None):
+    """``(predict_fn, policy record)`` of a checkpoint on the evaluation grid: ``(None, None)`` for a
+    plain policy; for a run with ``pcpo.variant: uw-lambda`` the authors' evaluation policy
+    ``pred_ref + lambda_t (pred_theta - pred_ref)`` (:func:`pcpo.credit.policy_mix`, lambda_t of
+    :func:`pcpo.credit.evaluation_mix_plan` on ``(sampler, steps, eta, noise_level)``), the reference
+    from the base model: the LoRA adapters disabled, or the base weights loaded beside the policy."""
+    import torch
+
+    from pcpo.checkpoint import load_base_model
+    from pcpo.cli import UserError
+    from pcpo.config import ConfigError
+    from pcpo.credit import evaluation_mix_plan, plan_summary, policy_mix
+
+    cfg = run_config(meta)
+    if cfg is None or cfg.pcpo.variant != "uw-lambda":
+        return None, None
+    try:
+        plan = evaluation_mix_plan(cfg, meta["algorithm"], adapter.schedule(), sampler, steps, eta, noise_level)
+    except ConfigError as e:
+        raise UserError(f"--checkpoint {ckpt}: {e}") from None
+    if plan is None:
+        return None, None
+    if meta["lora"]["enabled"]:
+        den = adapter.denoiser
+        how = "the base model: the checkpoint's LoRA adapters disabled"
+
+        def reference(x, t, cond, uncond, scale):
+            den.disable_adapters()
+            try:
+                return adapter.predict_guided(x, t, cond, uncond, scale)
+            finally:
+                den.enable_adapters()
+    else:
+        m = meta["model"]
+        base = load_base_model(m["kind"], model_path or m["path"], "--model-path (or the checkpoint's model.path)",
+                               **m.get("options", {})).to(device)
+        ref_den = base.denoiser.eval().requires_grad_(False)
+        how = f"the base model: the weights at {model_path or m['path']}"
+
+        def reference(x, t, cond, uncond, scale):
+            live, adapter.denoiser = adapter.denoiser, ref_den
+            try:
+                return adapter.predict_guided(x, t, cond, uncond, scale)
+            finally:
+                adapter.denoiser = live
+    log.info("uw-lambda checkpoint: sampling pred_ref + lambda_t (pred - pred_ref) on the evaluation grid (%s)",
+             plan_summary(plan))
+    record = {"variant": "uw-lambda",
+              "description": "pred_ref + lambda_t (pred_theta - pred_ref), lambda_t of the evaluation grid",
+              "reference": how, "lambda": [float(v) for v in plan.mix.to(torch.float64)],
+              "timesteps": [float(v) for v in plan.sample_grid.timesteps],
+              "w_bar": float((plan.mix * plan.native).mean()) if sampler == "ddim" else None, "zeta": plan.zeta,
+              "summary": plan_summary(plan)}
+    return policy_mix(adapter.predict_guided, reference, plan), record
 
 
 def _write_sets(tmp: Path, resolved, adapter, args, sampler, steps, eta, noise, gscale, predict_fn):

@@ -290,6 +290,111 @@ def test_ablations_run_on_the_tiny_world(tmp_path, tiny_models, variant):
     assert float(rows[-1]["grad_norm"]) > 0
 
 
+def _hand_uw_lambda_loop(policy, base, texts, indices, seed, steps, eta, scale, w_bar, mix, dtype):
+    """The authors' evaluation loop written out (reverse_pipeline.py:150-167 the reference pass with
+    CFG, ddim_step.py:141-171 the native std, lambda_t = w_bar std / (c1 - c2) and the interpolation,
+    then the DDIM-SDE step), in ``dtype``, on the same per-image noise as `pcpo sample`;
+    ``mix=False``: the fine-tuned model alone (lambda_t = 1).  Returns images in [0, 1]."""
+    import copy
+
+    from pcpo.sample_cli import image_noise
+
+    spec = base.schedule()
+    ac = spec.alphas_cumprod.to(torch.float64)
+    jump = spec.num_train_timesteps // steps
+    ts = [jump * (steps - 1 - i) + spec.steps_offset for i in range(steps)]  # "leading" spacing
+    models = [copy.deepcopy(m).to(dtype=dtype) for m in (policy, base)]
+
+    def guided(m, x, t, c, u):
+        tt = torch.full((x.shape[0],), t)
+        return m.predict(x, tt, u) + scale * (m.predict(x, tt, c) - m.predict(x, tt, u))
+
+    noise = [image_noise(seed, k, steps, tuple(base.latent_shape())) for k in indices]
+    x = torch.stack([a for a, _ in noise]).to(dtype)
+    z = torch.stack([b for _, b in noise]).to(dtype)
+    with torch.no_grad():
+        c = {k: v.to(dtype) for k, v in models[0].encode_prompts(texts).items()}
+        u = {k: v.to(dtype) for k, v in models[0].null_cond(len(texts)).items()}
+        for i, t in enumerate(ts):
+            a_t = ac[t]
+            a_p = ac[t - jump] if t - jump >= 0 else torch.tensor(spec.final_alpha_cumprod, dtype=torch.float64)
+            std = eta * torch.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
+            c1 = torch.sqrt(1 - a_t) / torch.sqrt(a_t / a_p)
+            c2 = torch.sqrt(1 - a_p - std**2)
+            e = guided(models[0], x, t, c, u)
+            if mix:
+                e_ref = guided(models[1], x, t, c, u)
+                e = e_ref + (w_bar * std / (c1 - c2)).to(dtype) * (e - e_ref)
+            x0 = (x - torch.sqrt(1 - a_t).to(dtype) * e) / torch.sqrt(a_t).to(dtype)
+            x = torch.sqrt(a_p).to(dtype) * x0 + c2.to(dtype) * e + std.to(dtype) * z[:, i]
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_uw_lambda_checkpoint_samples_the_interpolated_policy(tmp_path, tiny_models, lora):
+    """`pcpo sample --checkpoint` of a uw-lambda run draws from pred_ref + lambda_t (pred - pred_ref) with
+    lambda_t of the evaluation grid (train_grpo.py:226-244 eval=True): its PNGs equal the hand-written
+    loop in float64 up to the PNG's rounding plus float32's own error on this loop, and differ from
+    the fine-tuned model's plain samples; a deterministic sample (lambda_t = 0) is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from pcpo.checkpoint import latest_checkpoint, load_base_model, load_policy, read_meta
+    from pcpo.config import load_config
+    from pcpo.trainer import Trainer
+    from tests.integration.test_trainer import make_config
+
+    cfg = load_config(make_config(tmp_path, tiny_models["eps"], "eps", epochs=1, prompts_per_epoch=2, group_size=4,
+                                  train_batch_size=4, lr=0.05), {"pcpo": {"variant": "uw-lambda"},
+                                                                 "lora": {"enabled": lora}})
+    Trainer(cfg, "pcpo-dancegrpo", 0, tmp_path / "run", progress=False).run()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    meta = read_meta(ckpt)
+    out = tmp_path / "s"
+    rc = main(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--n-per-prompt", "2", "--max-prompts", "2",
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    man = json.loads((out / "manifest.json").read_text())
+    steps, eta, scale = man["steps"], man["eta"], man["guidance_scale"]
+    assert (steps, eta, scale) == (meta["sampling_steps"], meta["eta"], meta["guidance_scale"]) and eta > 0
+    # w_bar: the mean native weight (c1 - c2) / std of the training grid (the run's constant)
+    spec = load_base_model("tiny-eps", tiny_models["eps"]).schedule()
+    ac, jump = spec.alphas_cumprod.to(torch.float64), spec.num_train_timesteps // steps
+    ws, lams = [], []
+    for i in range(steps):
+        t = jump * (steps - 1 - i) + spec.steps_offset
+        std, a_t, a_p = _authors_ddim(ac, spec.final_alpha_cumprod, t, t - jump, eta, None)
+        ws.append(float((torch.sqrt(1 - a_t) / torch.sqrt(a_t / a_p) - torch.sqrt(1 - a_p - std**2)) / std))
+    w_bar = sum(ws) / steps
+    lams = [w_bar / w for w in ws]
+    pol = man["policy"]
+    assert pol["variant"] == "uw-lambda" and ("LoRA" in pol["reference"]) == lora
+    np.testing.assert_allclose(pol["lambda"], lams, rtol=1e-12)
+    assert max(abs(x - 1) for x in lams) > 0.05  # the interpolation is not the plain policy on this grid
+
+    policy = load_policy(ckpt, "cpu")
+    base = load_base_model("tiny-eps", tiny_models["eps"])
+    texts = [r["prompt"] for r in man["images"]]
+    idx = list(range(len(texts)))
+    png = torch.stack([torch.from_numpy(np.asarray(Image.open(out / r["file"]), dtype=np.float64))
+                       for r in man["images"]]) / 255
+    run = lambda dt, mix=True: _hand_uw_lambda_loop(policy, base, texts, idx, man["seed"], steps, eta,  # noqa: E731
+                                                    scale, w_bar, mix, dt).reshape(png.shape)
+    want64 = run(torch.float64)
+    f32 = float((run(torch.float32).double() - want64).abs().max())  # float32's error on this very loop
+    tol = 0.5 / 255 + 4 * f32 + 1e-12  # PNG rounding + the sampler's float32 arithmetic
+    assert float((png - want64).abs().max()) <= tol
+    plain = run(torch.float64, mix=False)
+    assert float((png - plain).abs().max()) > 10 * tol  # not the fine-tuned model's own samples
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "d"), "--deterministic",
+                   "--max-prompts", "1", "--n-per-prompt", "1", "--no-progress", "--device", "cpu"])
+    assert rc == 2 and "uw-lambda" in err.getvalue() and "eta > 0" in err.getvalue()
+    assert not (tmp_path / "d").exists()
+
+
 # ----------------------------------------------------------------------------- card
 def test_pcpo_card_rows_are_cited_and_the_doc_is_fresh():
     from pcpo.recipes import pcpo_rows, render_card, sd15_rows
@@ -303,7 +408,8 @@ def test_pcpo_card_rows_are_cited_and_the_doc_is_fresh():
     names = {r.setting for r in pcpo_rows()}
     for want in ("objective", "log-ratio form", "xi (clip range)", "DDIM: w*", "DDIM: sigma~ root",
                  "DDIM: eta scaling of sigma~", "flow: zeta, Flow-GRPO on SD3.5-M", "reduction over the latent",
-                 "advantage clip", "ablation uw-lambda", "ablation logrho"):
+                 "advantage clip", "ablation uw-lambda", "ablation uw-lambda: evaluation sampling",
+                 "ablation logrho"):
         assert want in names, want
     card = render_card("pcpo")
     assert (ROOT / "docs/recipes/pcpo.md").read_text() == card, "run `pcpo algorithms --write-docs docs/recipes`"

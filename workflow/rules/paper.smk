@@ -10,6 +10,7 @@
 # the submitting environment) builds the same modules and rule names.  Without PCPO_PAPER_WORLD no paper
 # module is declared: an ordinary run of one experiment parses only its own config.
 import os
+import re
 
 from evaluation.paper import PaperError, experiment_configs, load_figures, paper_world
 
@@ -56,21 +57,28 @@ if workflow.modifier.is_main_snakefile() and os.environ.get("PCPO_PAPER_WORLD"):
 
     localrules:
         paper,
+        paper_irg,
 
-    rule paper_irg:
-        """Implicit reward guidance (docs/method.md §5): the last checkpoint of the IRG setting's PCPO run
-        (first seed) sampled at each lambda and evaluated (reward, FID, KID, diversity)."""
+    _IRG_LAMBDAS = [f"{float(x):g}" for x in _IRG["lambdas"]]
+
+    rule paper_irg_lambda:
+        """Implicit reward guidance (docs/method.md §5) at one lambda: the last checkpoint of the IRG
+        setting's PCPO run (first seed) sampled against the base model and evaluated (reward, FID, KID,
+        diversity); one job per lambda, so they run side by side."""
         input:
             done=f"{_IRG_RUN}/DONE",
-            report=f"{PAPER_ROOT}/{_IRG_SET['experiment']}/report",
+            # the base model's evaluation: the reference features are cached by then (not the report: the
+            # IRG samples then run beside the experiment's other jobs instead of alone after them)
+            base=f"{PAPER_ROOT}/{_IRG_SET['experiment']}/metrics/{_IRG_SET['model']}/base.json",
         output:
-            f"{PAPER_OUT}/irg/irg.csv",
+            f"{PAPER_OUT}/irg/lambda/{{lam}}.csv",
         log:
-            f"{PAPER_OUT}/logs/irg.log",
+            f"{PAPER_OUT}/logs/irg_{{lam}}.log",
+        wildcard_constraints:
+            lam="|".join(re.escape(x) for x in _IRG_LAMBDAS),
         params:
-            results=lambda w, input: str(Path(input.report).parent),
+            results=f"{PAPER_ROOT}/{_IRG_SET['experiment']}",
             checkpoint=lambda w, input: f"{Path(input.done).parent}/checkpoints/epoch_{_IRG_EPOCH:06d}",
-            lambdas=" ".join(f"{float(x):g}" for x in _IRG["lambdas"]),
             n=int(_IRG.get("n_per_prompt", 2)),
             python=shlex.quote(sys.executable),
         conda:
@@ -80,8 +88,22 @@ if workflow.modifier.is_main_snakefile() and os.environ.get("PCPO_PAPER_WORLD"):
             **res("sample"),
         shell:
             "OMP_NUM_THREADS={threads} {params.python} benchmarks/irg_experiment.py --results {params.results} "
-            "--checkpoint {params.checkpoint} --lambdas {params.lambdas} --n-per-prompt {params.n} "
+            "--checkpoint {params.checkpoint} --lambdas {wildcards.lam} --n-per-prompt {params.n} "
             "--prompts-per-digit 1 --out {output} > {log} 2>&1"
+
+    rule paper_irg:
+        """The IRG table: every lambda's row, in the figure list's order."""
+        input:
+            [f"{PAPER_OUT}/irg/lambda/{x}.csv" for x in _IRG_LAMBDAS],
+        output:
+            f"{PAPER_OUT}/irg/irg.csv",
+        run:
+            import pandas as pd
+
+            from pcpo.utils import atomic_write_text
+
+            atomic_write_text(output[0], pd.concat([pd.read_csv(f) for f in input], ignore_index=True)
+                              .to_csv(index=False))
 
     rule paper:
         """Every figure and table of workflow/paper_figures.yaml, ours beside the paper's numbers."""
