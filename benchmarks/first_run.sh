@@ -19,6 +19,7 @@ WORK=${2:-$(mktemp -d /var/tmp/pcpo-first-run.XXXXXX)}
 OUT_DIR="$HERE/benchmarks/results"
 STAMP="$(hostname -s)_$(date -u +%Y-%m-%d)"
 mkdir -p "$WORK" "$OUT_DIR"
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 command -v /usr/bin/time >/dev/null || { echo "first_run: needs GNU time (apt-get install time)" >&2; exit 2; }
 
 echo "first_run: cloning $REPO into $WORK/pcpo" >&2
@@ -36,7 +37,7 @@ t2=$(date +%s.%N)
 {
     echo "# first run of $(git rev-parse --short HEAD) on $(hostname -s), $(date -u +%FT%TZ)"
     echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores," \
-         "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+         "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     python3 - "$t0" "$t1" "$t2" "$WORK" <<'EOF'
 import re, sys
 from collections import defaultdict
@@ -80,6 +81,6 @@ for r in sorted(total, key=total.get, reverse=True):
 print(f"{'all':<24}{sum(count.values()):>6}{sum(total.values()):>10.0f}  (1 s resolution: Snakemake's log stamps)")
 EOF
     echo "report files:"
-    (cd results && find . -path '*/report/*' -type f | sort | sed 's/^/  /')
+    (cd results && find . -path ./reference -prune -o -path '*/report/*' -type f -print | sort | sed 's/^/  /')
 } | tee "$OUT_DIR/first_run_$STAMP.txt"
 [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
