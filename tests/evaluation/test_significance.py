@@ -387,7 +387,7 @@ def report(tmp_path_factory):
 def test_report_writes_the_tests_in_every_format(report):
     sig = pd.read_csv(report / "significance.csv")
     assert set(zip(sig["a"], sig["b"])) == {("ddpo", "pcpo-ddpo"), ("dancegrpo", "pcpo-dancegrpo")}
-    assert {"epochs_to_target", "final_reward", "fid", "kid", "diversity"} == set(sig["metric"])
+    assert {"epochs_to_target", "final_reward", "fid", "kid", "diversity_inception", "coverage"} == set(sig["metric"])
     assert (sig["n_a"] == 3).all() and sig["test"].str.contains("exact, 8 sign patterns").all()
     md, tex, page = ((report / f"significance.{e}").read_text() for e in ("md", "tex", "html"))
     index = (report / "index.md").read_text()
