@@ -274,19 +274,8 @@ class ReportItems:
 
 
 def default_item(name: str) -> Item:
-    """Files written by other parts of the report (the significance tests, the headline)."""
-    stem = name.rsplit(".", 1)[0]
-    if stem == "significance":
-        what = ("the page of every pairwise test (verdicts and table)" if name.endswith(".html")
-                else "every pairwise test as a table")
-        return Item(STATISTICS, "Pairwise tests", "Statistical tests",
-                    f"The statistical tests of each algorithm against its pcpo- variant (and the configured pairs): "
-                    f"{what}. Per metric: the difference pcpo-X − X, its bootstrap CI over seeds, the p-value, the "
-                    f"verdict and the seeds needed for 80% power.")
-    if stem.startswith("headline"):
-        kind = "forest plot of every pcpo-X − X effect with its CI" if name.endswith(".png") else "verdict table"
-        return Item(STATISTICS, "Headline", "Headline",
-                    f"The headline: {kind}, one row per pair and metric (start here).")
+    """A file nobody registered (build_report registers every file it writes, the headline and the
+    significance files included): filed under its own name, saying so."""
     return Item(STATISTICS, "Unregistered", name,
                 f"{name}: no caption registered (add it with ReportItems.add in evaluation/report.py).")
 
